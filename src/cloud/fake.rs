@@ -1,0 +1,1 @@
+//! Fake clouds for tests.

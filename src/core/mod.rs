@@ -1,0 +1,3 @@
+//! The failover core: pure decisions.
+
+pub mod advert;

@@ -1,0 +1,118 @@
+//! What `enipeer role` shows: a snapshot of the daemon's state, produced by the daemon, carried as
+//! JSON over the control socket and rendered for humans by the CLI.
+
+use serde::{Deserialize, Serialize};
+
+use crate::timeline::TimelineReport;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoleReport {
+    pub node: String,
+    pub instance_id: String,
+    pub eni: String,
+    pub role: String,
+    /// Unix ms of the last transition (or of the start).
+    pub since_unix_ms: u64,
+    pub last_transition: Option<TransitionReport>,
+    pub peers: Vec<PeerReport>,
+    /// Who the cloud said holds the ENI at the last look: an instance id, "nobody" or "unknown".
+    pub cloud_holder: String,
+    /// How long ago that was, in ms; `None` if never.
+    pub cloud_checked_ms_ago: Option<u64>,
+    /// Set while this node holds off from claiming after losing the ENI.
+    pub hold_down_ms_left: Option<u64>,
+    pub last_failover: Option<TimelineReport>,
+    /// Heartbeats rejected since start, by reason.
+    pub rejected: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TransitionReport {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub at_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerReport {
+    pub name: String,
+    pub role: Option<String>,
+    pub instance_id: Option<String>,
+    pub last_heard_ms_ago: Option<u64>,
+    pub alive: bool,
+}
+
+impl RoleReport {
+    /// The short human summary printed by `enipeer role`.
+    pub fn render(&self, now_unix_ms: u64) -> String {
+        let ago = |t: u64| fmt_ms(now_unix_ms.saturating_sub(t));
+        let mut out = format!(
+            "node {} ({}): {} for {}\n",
+            self.node,
+            self.instance_id,
+            self.role.to_uppercase(),
+            ago(self.since_unix_ms)
+        );
+        if let Some(t) = &self.last_transition {
+            out.push_str(&format!(
+                "  last transition: {} -> {} ({} ago): {}\n",
+                t.from,
+                t.to,
+                ago(t.at_unix_ms),
+                t.reason
+            ));
+        }
+        out.push_str(&format!(
+            "  ENI {}: cloud says holder is {}{}\n",
+            self.eni,
+            self.cloud_holder,
+            match self.cloud_checked_ms_ago {
+                Some(ms) => format!(" (checked {} ago)", fmt_ms(ms)),
+                None => " (never checked)".into(),
+            }
+        ));
+        if let Some(ms) = self.hold_down_ms_left {
+            out.push_str(&format!("  hold-down: {} left\n", fmt_ms(ms)));
+        }
+        for p in &self.peers {
+            out.push_str(&format!(
+                "  peer {}: {}, {}{}\n",
+                p.name,
+                p.role.as_deref().unwrap_or("never heard"),
+                match p.last_heard_ms_ago {
+                    Some(ms) => format!("last heartbeat {} ago", fmt_ms(ms)),
+                    None => "no heartbeat yet".into(),
+                },
+                if p.alive { "" } else { " (DEAD)" }
+            ));
+        }
+        let rejected: u64 = self.rejected.iter().map(|(_, n)| n).sum();
+        if rejected > 0 {
+            let parts: Vec<String> = self
+                .rejected
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            out.push_str(&format!(
+                "  rejected heartbeats: {rejected} ({})\n",
+                parts.join(", ")
+            ));
+        }
+        if let Some(t) = &self.last_failover {
+            out.push_str("  last failover: ");
+            out.push_str(&t.render());
+        }
+        out
+    }
+}
+
+/// Durations for humans: ms below 10 s, then seconds, minutes, hours.
+pub fn fmt_ms(ms: u64) -> String {
+    match ms {
+        0..=9_999 => format!("{ms}ms"),
+        10_000..=599_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        600_000..=35_999_999 => format!("{}m{}s", ms / 60_000, (ms / 1000) % 60),
+        _ => format!("{}h{}m", ms / 3_600_000, (ms / 60_000) % 60),
+    }
+}
