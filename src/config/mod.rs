@@ -154,3 +154,13 @@ pub struct TestingSettings {
     /// Skip host network changes (the test runs unprivileged).
     pub fake_net: bool,
 }
+
+/// `enipeer check`: prints every problem (stderr) or a summary (stdout); returns the exit code.
+pub fn check_command(_path: &std::path::Path, _preflight: bool) -> i32 {
+    crate::exit::SOFTWARE
+}
+
+/// `enipeer keygen`: writes a new random key with mode 0600; returns the exit code.
+pub fn keygen_command(_path: &std::path::Path, _force: bool) -> i32 {
+    crate::exit::SOFTWARE
+}
