@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config;
 
 #[derive(Debug, Parser)]
-#[command(name = "enipeer", version, about = "Failover agent for AWS EC2: moves a secondary ENI between two instances")]
+#[command(
+    name = "enipeer",
+    version,
+    about = "Failover agent for AWS EC2: moves a secondary ENI between two instances"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

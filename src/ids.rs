@@ -95,7 +95,14 @@ mod tests {
 
     #[test]
     fn rejects_wrong_prefix_length_and_case() {
-        for bad in ["i-0123abcd", "eni-0123abc", "eni-0123ABCD", "eni-", "eni-0123abcg", ""] {
+        for bad in [
+            "i-0123abcd",
+            "eni-0123abc",
+            "eni-0123ABCD",
+            "eni-",
+            "eni-0123abcg",
+            "",
+        ] {
             let err = bad.parse::<EniId>().unwrap_err();
             assert_eq!(err.value, bad);
         }

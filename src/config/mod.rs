@@ -5,7 +5,7 @@
 //! applied and cross-field rules checked, collecting every problem instead of stopping at the
 //! first, so `enipeer check` can list them all at once.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -69,13 +69,25 @@ pub enum HolderBelief {
 pub enum YieldMsg {
     None,
     /// Master → target: please take over. `id` tells requests apart.
-    Offer { id: u32, to: String },
+    Offer {
+        id: u32,
+        to: String,
+    },
     /// Target → master: ready, release it.
-    Accept { id: u32, to: String },
+    Accept {
+        id: u32,
+        to: String,
+    },
     /// Target → master: cannot take over (fault, not healthy).
-    Reject { id: u32, to: String },
+    Reject {
+        id: u32,
+        to: String,
+    },
     /// Old master → target: detached and deconfigured, claim it now.
-    Released { id: u32, to: String },
+    Released {
+        id: u32,
+        to: String,
+    },
 }
 
 impl YieldMsg {

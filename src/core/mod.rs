@@ -208,7 +208,9 @@ enum NetPhase {
     Applying,
     Ready,
     /// Failed (see `Node::net_attempts`); retry at `retry_at`.
-    Failed { retry_at: Time },
+    Failed {
+        retry_at: Time,
+    },
 }
 
 /// A handover this master is running: offered to `to`, waiting for its accept.
@@ -436,7 +438,9 @@ impl Node {
     }
 
     pub fn is_alive(&self, peer: &str, now: Time) -> bool {
-        self.peers.get(peer).is_some_and(|p| self.peer_alive(p, now))
+        self.peers
+            .get(peer)
+            .is_some_and(|p| self.peer_alive(p, now))
     }
 
     /// The latest time by which [`Event::Tick`] must be delivered.
@@ -701,7 +705,14 @@ impl Node {
                 }
                 if now >= settle_until && self.holder == HolderBelief::Nobody {
                     if self.best_candidate(now, None).as_deref() == Some(self.cfg.name.as_str()) {
-                        self.claim(None, false, ClaimKind::Election, "nobody holds the ENI and this node is the best candidate".into(), now, out);
+                        self.claim(
+                            None,
+                            false,
+                            ClaimKind::Election,
+                            "nobody holds the ENI and this node is the best candidate".into(),
+                            now,
+                            out,
+                        );
                     } else {
                         let best = self.best_candidate(now, None).unwrap_or_default();
                         self.transition(
@@ -876,12 +887,17 @@ impl Node {
                 if to == &self.cfg.name =>
             {
                 if self.rejecting.as_ref().map(|r| r.0) != Some(*id) {
-                    self.rejecting = Some((*id, name.to_string(), now + self.cfg.dead_interval * 2));
+                    self.rejecting =
+                        Some((*id, name.to_string(), now + self.cfg.dead_interval * 2));
                     out.push(Action::SendHeartbeat);
                 }
             }
             (YieldMsg::Released { id, to }, State::Backup) if to == &self.cfg.name => {
-                if self.accepted.as_ref().is_some_and(|a| a.id == *id && a.from == name) {
+                if self
+                    .accepted
+                    .as_ref()
+                    .is_some_and(|a| a.id == *id && a.from == name)
+                {
                     self.accepted = None;
                     self.holder = HolderBelief::Nobody;
                     self.claim(
@@ -894,9 +910,13 @@ impl Node {
                     );
                 }
             }
-            (YieldMsg::Accept { id, to }, State::Master { net, yielding: Some(op) })
-                if to == &self.cfg.name && op.id == *id && op.to == name =>
-            {
+            (
+                YieldMsg::Accept { id, to },
+                State::Master {
+                    net,
+                    yielding: Some(op),
+                },
+            ) if to == &self.cfg.name && op.id == *id && op.to == name => {
                 let _ = net;
                 self.transition(
                     State::Releasing {
@@ -913,10 +933,17 @@ impl Node {
                     reason: format!("handed over to {name}"),
                 });
             }
-            (YieldMsg::Reject { id, to }, State::Master { net, yielding: Some(op) })
-                if to == &self.cfg.name && op.id == *id && op.to == name =>
-            {
-                self.state = State::Master { net, yielding: None };
+            (
+                YieldMsg::Reject { id, to },
+                State::Master {
+                    net,
+                    yielding: Some(op),
+                },
+            ) if to == &self.cfg.name && op.id == *id && op.to == name => {
+                self.state = State::Master {
+                    net,
+                    yielding: None,
+                };
                 if let Some(token) = op.token {
                     out.push(Action::Reply {
                         token,
@@ -985,12 +1012,7 @@ impl Node {
             }
             (State::Starting { .. }, CloudView::Holder(i)) => {
                 let who = self.peer_by_instance(&i).unwrap_or(i);
-                self.transition(
-                    State::Backup,
-                    format!("{who} holds the ENI"),
-                    now,
-                    out,
-                );
+                self.transition(State::Backup, format!("{who} holds the ENI"), now, out);
                 out.push(Action::RunHooks {
                     kind: HookKind::Backup,
                     reason: "started as backup".into(),
@@ -1017,7 +1039,11 @@ impl Node {
             }
             (State::Backup, CloudView::Holder(i)) if i == me => {
                 // It is ours (a lost link that came back, or a claim whose answer was lost).
-                self.become_master("the cloud says this instance holds the ENI".into(), now, out);
+                self.become_master(
+                    "the cloud says this instance holds the ENI".into(),
+                    now,
+                    out,
+                );
             }
             _ => {}
         }
@@ -1117,7 +1143,11 @@ impl Node {
             (ReleasePurpose::Fault(reason), r) => {
                 if let Err(f) = r {
                     self.holder = HolderBelief::Unknown;
-                    self.go_fault(format!("{reason}; release failed too: {}", f.message), now, out);
+                    self.go_fault(
+                        format!("{reason}; release failed too: {}", f.message),
+                        now,
+                        out,
+                    );
                 } else {
                     self.holder = HolderBelief::Nobody;
                     self.go_fault(reason, now, out);
@@ -1168,10 +1198,13 @@ impl Node {
         }
     }
 
-
     fn on_net_removed(&mut self, r: Result<(), String>, now: Time, out: &mut Vec<Action>) {
         let _ = now;
-        if let State::Releasing { purpose, detaching: false } = self.state.clone() {
+        if let State::Releasing {
+            purpose,
+            detaching: false,
+        } = self.state.clone()
+        {
             // Detach even if some of the host config could not be removed: the address must
             // move, and leftovers are reported (and removed again at the next release).
             let _ = r;
@@ -1195,7 +1228,13 @@ impl Node {
         }
     }
 
-    fn on_yield_requested(&mut self, token: u64, timeout: Duration, now: Time, out: &mut Vec<Action>) {
+    fn on_yield_requested(
+        &mut self,
+        token: u64,
+        timeout: Duration,
+        now: Time,
+        out: &mut Vec<Action>,
+    ) {
         let refuse = |out: &mut Vec<Action>, msg: String| {
             out.push(Action::Reply {
                 token,
@@ -1222,7 +1261,13 @@ impl Node {
         out.push(Action::SendHeartbeat);
     }
 
-    fn new_yield(&mut self, to: String, token: Option<u64>, deadline: Time, exit_after: bool) -> YieldOp {
+    fn new_yield(
+        &mut self,
+        to: String,
+        token: Option<u64>,
+        deadline: Time,
+        exit_after: bool,
+    ) -> YieldOp {
         let id = self.next_yield_id;
         self.next_yield_id = self.next_yield_id.wrapping_add(1).max(1);
         YieldOp {
@@ -1239,7 +1284,10 @@ impl Node {
             return;
         }
         match self.state.clone() {
-            State::Master { net, yielding: None } if handover => {
+            State::Master {
+                net,
+                yielding: None,
+            } if handover => {
                 if let Some(to) = self.best_peer(now, None) {
                     self.stopping = Some(StopMode::Handover);
                     let op = self.new_yield(to, None, now + self.cfg.handover_timeout, true);
@@ -1337,7 +1385,9 @@ impl Node {
                 if self.peer_alive(p, now) {
                     return;
                 }
-                if self.best_candidate(now, Some(&holder)).as_deref() != Some(self.cfg.name.as_str()) {
+                if self.best_candidate(now, Some(&holder)).as_deref()
+                    != Some(self.cfg.name.as_str())
+                {
                     return;
                 }
                 let silent = now.saturating_sub(p.last_heard.unwrap_or(self.started));
@@ -1354,9 +1404,10 @@ impl Node {
     /// How long a peer may be silent before it counts as dead.
     fn dead_after(&self, p: &PeerState) -> Duration {
         match &p.advert {
-            Some(a) if a.stopping_ms > 0 => {
-                self.cfg.dead_interval.max(Duration::from_millis(u64::from(a.stopping_ms)))
-            }
+            Some(a) if a.stopping_ms > 0 => self
+                .cfg
+                .dead_interval
+                .max(Duration::from_millis(u64::from(a.stopping_ms))),
             _ => self.cfg.dead_interval,
         }
     }
@@ -1364,7 +1415,8 @@ impl Node {
     fn peer_alive(&self, p: &PeerState, now: Time) -> bool {
         let last = p.last_heard.unwrap_or(self.started);
         now.saturating_sub(last) <= self.dead_after(p)
-            && (p.last_heard.is_some() || now.saturating_sub(self.started) <= self.cfg.dead_interval)
+            && (p.last_heard.is_some()
+                || now.saturating_sub(self.started) <= self.cfg.dead_interval)
     }
 
     /// A peer that could take the ENI: alive, not in fault, not stopping, and not stuck starting.
@@ -1372,7 +1424,9 @@ impl Node {
         let Some(a) = &p.advert else {
             return false;
         };
-        if p.last_heard.is_none_or(|h| now.saturating_sub(h) > self.cfg.dead_interval) {
+        if p.last_heard
+            .is_none_or(|h| now.saturating_sub(h) > self.cfg.dead_interval)
+        {
             return false;
         }
         match a.role {
@@ -1386,7 +1440,8 @@ impl Node {
     /// The best live candidate for the ENI among this node and its peers, `except` one.
     fn best_candidate(&self, now: Time, except: Option<&str>) -> Option<String> {
         let me_ok = !matches!(self.state, State::Fault { .. }) && self.stopping.is_none();
-        let mut best: Option<(u8, &str)> = me_ok.then_some((self.cfg.priority, self.cfg.name.as_str()));
+        let mut best: Option<(u8, &str)> =
+            me_ok.then_some((self.cfg.priority, self.cfg.name.as_str()));
         for p in self.peers.values() {
             if Some(p.name.as_str()) == except || !self.peer_candidate(p, now) {
                 continue;
@@ -1424,7 +1479,11 @@ impl Node {
         {
             return Some(p.name.clone());
         }
-        let unknown: Vec<_> = self.peers.values().filter(|p| p.instance_id.is_none()).collect();
+        let unknown: Vec<_> = self
+            .peers
+            .values()
+            .filter(|p| p.instance_id.is_none())
+            .collect();
         match unknown.as_slice() {
             [only] if instance != self.cfg.instance_id => Some(only.name.clone()),
             _ => None,
@@ -1468,9 +1527,10 @@ impl Node {
     /// Backup side of preempt: after the delay, ask the lower-priority master to hand over.
     fn check_preempt_want(&mut self, now: Time) {
         let master_lower = self.peers.values().any(|p| {
-            p.advert.as_ref().is_some_and(|a| {
-                a.role == Role::Master && a.priority < self.cfg.priority
-            }) && self.peer_alive(p, now)
+            p.advert
+                .as_ref()
+                .is_some_and(|a| a.role == Role::Master && a.priority < self.cfg.priority)
+                && self.peer_alive(p, now)
         });
         if self.cfg.preempt && master_lower && now >= self.hold_down_until {
             let since = *self.preempt_since.get_or_insert(now);
@@ -1491,9 +1551,18 @@ impl Node {
             .values()
             .filter(|p| self.peer_candidate(p, now))
             .filter_map(|p| p.advert.as_ref().map(|a| (p, a)))
-            .find(|(_, a)| a.wants_master && a.role == Role::Backup && a.priority > self.cfg.priority)
+            .find(|(_, a)| {
+                a.wants_master && a.role == Role::Backup && a.priority > self.cfg.priority
+            })
             .map(|(p, _)| p.name.clone());
-        if let (Some(to), State::Master { net, yielding: None }) = (want, self.state.clone()) {
+        if let (
+            Some(to),
+            State::Master {
+                net,
+                yielding: None,
+            },
+        ) = (want, self.state.clone())
+        {
             let op = self.new_yield(to, None, now + self.cfg.handover_timeout, false);
             self.state = State::Master {
                 net,

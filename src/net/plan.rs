@@ -31,7 +31,11 @@ impl NetPlan {
             addr: info.primary_ip,
             prefix,
         }];
-        addresses.extend(info.secondary_ips.iter().map(|&addr| Ipv4Net { addr, prefix: 32 }));
+        addresses.extend(
+            info.secondary_ips
+                .iter()
+                .map(|&addr| Ipv4Net { addr, prefix: 32 }),
+        );
         let subnet = info.subnet_cidr.map(|c| Ipv4Net {
             addr: network_of(c),
             prefix: c.prefix,
