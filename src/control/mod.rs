@@ -39,6 +39,9 @@ pub enum Request {
 }
 
 /// What the daemon answers.
+// One response per connection, so the size of the enum does not matter; boxing the report would
+// only make the daemon and CLI code noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     Role(RoleReport),
