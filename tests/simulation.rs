@@ -93,9 +93,7 @@ fn node_of(instance_id: &str) -> Option<usize> {
 #[derive(Debug, Clone)]
 enum OpKind {
     Query,
-    Claim {
-        expected: Option<usize>,
-    },
+    Claim { expected: Option<usize> },
     Release,
 }
 
@@ -391,8 +389,7 @@ impl Sim {
                 generation,
                 event,
             } => {
-                if self.nodes[node].generation != generation || self.nodes[node].core.is_none()
-                {
+                if self.nodes[node].generation != generation || self.nodes[node].core.is_none() {
                     return;
                 }
                 if self.nodes[node].paused {
@@ -429,10 +426,13 @@ impl Sim {
         if n.tick_at.is_none_or(|cur| t < cur || cur < now) {
             n.tick_at = Some(t);
             let generation = n.generation;
-            self.at(t, Ev::Tick {
-                node: i,
-                generation,
-            });
+            self.at(
+                t,
+                Ev::Tick {
+                    node: i,
+                    generation,
+                },
+            );
         }
     }
 
@@ -479,7 +479,12 @@ impl Sim {
                         }) if node == i
                     );
                     if attached_here {
-                        self.reply(i, generation, Event::NetApplied(Ok(())), Duration::from_millis(5));
+                        self.reply(
+                            i,
+                            generation,
+                            Event::NetApplied(Ok(())),
+                            Duration::from_millis(5),
+                        );
                     } else {
                         self.reply(
                             i,
@@ -489,9 +494,12 @@ impl Sim {
                         );
                     }
                 }
-                Action::RemoveNet => {
-                    self.reply(i, generation, Event::NetRemoved(Ok(())), Duration::from_millis(2))
-                }
+                Action::RemoveNet => self.reply(
+                    i,
+                    generation,
+                    Event::NetRemoved(Ok(())),
+                    Duration::from_millis(2),
+                ),
                 Action::RunHooks { .. } => {}
                 Action::Reply { token, result } => {
                     self.log(format!("{} reply {token}: {result:?}", name(i)));
@@ -520,7 +528,11 @@ impl Sim {
             if to == from || self.partitioned(from, to) || self.rng.chance(self.loss) {
                 continue;
             }
-            let copies = if self.rng.chance(self.params.dup_rate) { 2 } else { 1 };
+            let copies = if self.rng.chance(self.params.dup_rate) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
                 let (lo, hi) = self.params.net_delay;
                 let d = self.rng.ms(lo, hi);
@@ -974,7 +986,12 @@ fn simultaneous_start(seed: u64, n: usize) -> (Sim, Result<(), String>) {
         sim.at(t, Ev::Fault(Fault::Start(i)));
     }
     let r = sim.run_until(secs(10.0)).and_then(|()| {
-        let attaches = sim.cloud.history.iter().filter(|(_, h)| h.is_some()).count();
+        let attaches = sim
+            .cloud
+            .history
+            .iter()
+            .filter(|(_, h)| h.is_some())
+            .count();
         if attaches != 1 {
             return Err(format!("{attaches} attaches after a simultaneous start"));
         }
@@ -1041,11 +1058,17 @@ fn checks_catch_a_second_master() {
     sim.at(Duration::ZERO, Ev::Fault(Fault::Start(0)));
     sim.at(Duration::ZERO, Ev::Fault(Fault::Start(1)));
     sim.run_until(secs(5.0)).expect("a quiet start is safe");
-    sim.check_converged().expect("one master after a quiet start");
+    sim.check_converged()
+        .expect("one master after a quiet start");
     // Force the cloud to say the backup holds it while the master keeps believing otherwise:
     // with LinkLost and verification suppressed, the wrong-master bound must trip.
     let master = (0..2)
-        .find(|&i| sim.nodes[i].core.as_ref().is_some_and(|c| c.role() == Role::Master))
+        .find(|&i| {
+            sim.nodes[i]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.role() == Role::Master)
+        })
         .expect("a master");
     sim.cloud.att = Some(Att {
         node: 1 - master,

@@ -1060,7 +1060,11 @@ impl Node {
             Ok(ClaimResult::HeldBy(i)) => {
                 self.holder = HolderBelief::Instance(i.clone());
                 let who = self.peer_by_instance(&i);
-                let audible = who.as_deref().is_some_and(|p| self.is_alive(p, now));
+                let audible = who
+                    .as_deref()
+                    .and_then(|p| self.peers.get(p))
+                    .and_then(|p| p.last_heard)
+                    .is_some_and(|h| now.saturating_sub(h) <= self.cfg.dead_interval);
                 // A winner we cannot hear may be on the other side of a partition: hold off as
                 // after a loss, or the two would trade the ENI every dead interval.
                 if !audible {
