@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use super::raw::{RawConfig, SECTIONS};
+use super::raw::{RawConfig, DURATION_KEYS, SECTIONS};
 use super::Problem;
 
 pub(crate) struct Document<'a> {
@@ -205,7 +205,7 @@ impl<'a> Document<'a> {
                 key: name.to_owned(),
                 line: Some(self.line_of_offset(value.span().start)),
                 message: format!(
-                    "must be a table ([{name}]), not {}",
+                    "must be a table ([{name}]), found {}",
                     value.get_ref().type_str()
                 ),
             });
@@ -234,7 +234,7 @@ impl<'a> Document<'a> {
                 key: "peer".to_owned(),
                 line: Some(self.line_of_offset(value.span().start)),
                 message: format!(
-                    "must be an array of tables, written [[peer]] (double brackets), not {}",
+                    "must be an array of tables, written [[peer]] (double brackets), found {}",
                     value.get_ref().type_str()
                 ),
             });
@@ -248,7 +248,7 @@ impl<'a> Document<'a> {
                 problems.push(Problem {
                     key,
                     line: Some(self.line_of_offset(item.span().start)),
-                    message: format!("must be a table, not {}", item.get_ref().type_str()),
+                    message: format!("must be a table, found {}", item.get_ref().type_str()),
                 });
                 ok = false;
                 continue;
@@ -293,21 +293,24 @@ impl<'a> Document<'a> {
                 });
                 return None;
             };
+            let key = key_at(prefix, &value, &span);
+            let mut message = tidy_message(err.message());
+            if DURATION_KEYS.contains(&key.as_str()) {
+                message.push_str(" with a unit, like \"200ms\", \"1s\" or \"5m\"");
+            }
             problems.push(Problem {
-                key: key_at(prefix, &value, &span),
+                key,
                 line: Some(self.line_of_offset(span.start)),
-                message: tidy_message(err.message()),
+                message,
             });
             let DeValue::Table(table) = value.get_mut() else {
                 return None;
             };
+            // No culprit means the error is about the table as a whole: nothing to strip.
             let culprit = table
                 .iter()
                 .find(|(k, v)| contains(k.span(), span.start) || contains(v.span(), span.start))
-                .map(|(k, _)| k.get_ref().to_string());
-            let Some(culprit) = culprit else {
-                return None;
-            };
+                .map(|(k, _)| k.get_ref().to_string())?;
             table.remove(culprit.as_str());
             stripped.push(format!("{prefix}.{culprit}"));
         }

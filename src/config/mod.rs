@@ -288,9 +288,20 @@ fn parse_inner(text: &str, origin: &Path, check_key: bool) -> Result<Settings, C
         }
     }
     // Problems come out grouped by how they were found; the reader wants file order.
-    problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+    // Problems without a line (missing tables, the key file) follow in table order.
+    problems.sort_by_key(|p| {
+        let table = p.key.split(['.', '[']).next().unwrap_or_default();
+        let rank = raw::SECTIONS
+            .iter()
+            .position(|s| *s == table)
+            .unwrap_or(raw::SECTIONS.len());
+        (p.line.unwrap_or(usize::MAX), rank)
+    });
     match validated.settings {
-        Some(settings) if problems.is_empty() => Ok(settings),
+        Some(settings) if problems.is_empty() => {
+            tracing::debug!(path = %origin.display(), node = %settings.node.name, "config valid");
+            Ok(settings)
+        }
         _ => Err(ConfigError::new(origin, problems)),
     }
 }

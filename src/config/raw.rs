@@ -41,6 +41,24 @@ pub const SECTIONS: &[&str] = &[
     "testing",
 ];
 
+/// Keys whose value is a duration string; a bare number there gets a hint about units.
+pub const DURATION_KEYS: &[&str] = &[
+    "group.preempt-delay",
+    "group.hold-down",
+    "group.hold-down-max",
+    "heartbeat.interval",
+    "heartbeat.dead-interval",
+    "heartbeat.max-clock-skew",
+    "aws.operation-timeout",
+    "aws.force-detach-grace",
+    "aws.verify-interval",
+    "network.reconcile-interval",
+    "network.link-timeout",
+    "hooks.timeout",
+    "stop.restart-grace",
+    "stop.handover-timeout",
+];
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RawNode {

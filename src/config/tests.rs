@@ -839,3 +839,16 @@ fn load_checks_the_key_file() {
     assert!(err.io.is_some());
     assert_eq!(err.count(), 1);
 }
+
+#[test]
+fn empty_file_lists_the_required_tables_in_file_order() {
+    assert_eq!(keys(""), vec!["node", "peer", "group", "heartbeat"]);
+}
+
+#[test]
+fn a_bare_number_for_a_duration_gets_a_unit_hint() {
+    let got = problems(&Cfg::minimal().set("[heartbeat]", "interval", "200").text());
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].key, "heartbeat.interval");
+    assert!(got[0].message.contains("\"200ms\""), "{got:#?}");
+}
