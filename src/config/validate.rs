@@ -307,7 +307,8 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
                 return None;
             }
         };
-        if node.as_ref().is_some_and(|n| n.instance_id.is_none()) {
+        // Checked on the raw value so an invalid id is not also reported as missing.
+        if node_raw.is_some_and(|n| n.instance_id.is_none()) {
             c.push(
                 "node.instance-id",
                 "missing: required with testing.fake-cloud (there is no instance metadata to ask)",
