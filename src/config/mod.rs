@@ -5,9 +5,20 @@
 //! applied and cross-field rules checked, collecting every problem instead of stopping at the
 //! first, so `enipeer check` can list them all at once.
 
+mod document;
+pub mod keyfile;
+pub mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use humantime::format_duration;
 
 use crate::ids::{EniId, InstanceId};
 
@@ -155,12 +166,326 @@ pub struct TestingSettings {
     pub fake_net: bool,
 }
 
+/// sysexits(3) EX_CANTCREAT: `keygen` could not create the key file.
+const EX_CANTCREAT: i32 = 73;
+
+/// One thing wrong with the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key as written in the file (`heartbeat.dead-interval`, `peer[1].addresses[0]`);
+    /// empty for file-wide problems such as a syntax error.
+    pub key: String,
+    /// 1-based line in the file, when the problem can be pinned to one.
+    pub line: Option<usize>,
+    /// What is wrong and what is expected, quoting the bad value.
+    pub message: String,
+}
+
+/// A config file that cannot be used: every problem found, or why it could not be read.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problems: Vec<Problem>,
+    /// Set when the file itself could not be read; `problems` is then empty.
+    #[source]
+    pub io: Option<std::io::Error>,
+}
+
+impl ConfigError {
+    fn new(origin: &Path, problems: Vec<Problem>) -> Self {
+        Self {
+            path: origin.to_owned(),
+            problems,
+            io: None,
+        }
+    }
+
+    /// Number of problems, counting an unreadable file as one.
+    pub fn count(&self) -> usize {
+        self.problems.len() + usize::from(self.io.is_some())
+    }
+
+    /// Short machine label for logs.
+    pub fn kind(&self) -> &'static str {
+        if self.io.is_some() {
+            "unreadable"
+        } else {
+            "invalid"
+        }
+    }
+
+    /// One line per problem, `FILE:LINE: KEY: MESSAGE`, the format editors and CI logs link.
+    pub fn lines(&self) -> Vec<String> {
+        let path = self.path.display();
+        let mut out = Vec::with_capacity(self.count());
+        if let Some(e) = &self.io {
+            out.push(format!("{path}: cannot read the config file: {e}"));
+        }
+        for p in &self.problems {
+            let mut line = format!("{path}:");
+            if let Some(n) = p.line {
+                line.push_str(&format!("{n}:"));
+            }
+            if !p.key.is_empty() {
+                line.push_str(&format!(" {}:", p.key));
+            }
+            line.push_str(&format!(" {}", p.message));
+            out.push(line);
+        }
+        out
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.lines().join("\n"))
+    }
+}
+
+/// Parses and validates config text; touches no file (the key file is not checked).
+pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
+    parse_inner(text, origin, false)
+}
+
+/// Reads, parses and validates the config file, then checks the key file it names (exists, a
+/// regular file, owner-only permissions, a valid key), reporting every problem at once.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        problems: Vec::new(),
+        io: Some(e),
+    })?;
+    parse_inner(&text, path, true)
+}
+
+fn parse_inner(text: &str, origin: &Path, check_key: bool) -> Result<Settings, ConfigError> {
+    let doc = document::Document::parse(text).map_err(|p| ConfigError::new(origin, vec![p]))?;
+    let sections = doc.sections();
+    let validated = validate::validate(&sections.raw, &sections.failed);
+    let mut problems = sections.problems;
+    problems.extend(validated.problems.into_iter().filter(|p| {
+        !sections.stripped.iter().any(|s| {
+            p.key == *s
+                || p.key
+                    .strip_prefix(s.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        })
+    }));
+    if check_key {
+        if let Some(key_file) = &validated.key_file {
+            if let Err(e) = keyfile::read_key(key_file) {
+                problems.push(Problem {
+                    key: "auth.key-file".to_owned(),
+                    line: None,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    for p in &mut problems {
+        if p.line.is_none() && !p.key.is_empty() {
+            p.line = doc.line_of_key(&p.key);
+        }
+    }
+    // Problems come out grouped by how they were found; the reader wants file order.
+    // Problems without a line (missing tables, the key file) follow in table order.
+    problems.sort_by_key(|p| {
+        let table = p.key.split(['.', '[']).next().unwrap_or_default();
+        let rank = raw::SECTIONS
+            .iter()
+            .position(|s| *s == table)
+            .unwrap_or(raw::SECTIONS.len());
+        (p.line.unwrap_or(usize::MAX), rank)
+    });
+    match validated.settings {
+        Some(settings) if problems.is_empty() => {
+            tracing::debug!(path = %origin.display(), node = %settings.node.name, "config valid");
+            Ok(settings)
+        }
+        _ => Err(ConfigError::new(origin, problems)),
+    }
+}
+
+impl Settings {
+    /// A one-screen human summary, printed by `enipeer check`.
+    pub fn summary(&self) -> String {
+        fn d(x: Duration) -> String {
+            format_duration(x).to_string()
+        }
+        fn addrs(a: &[SocketAddr]) -> String {
+            a.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        let mut s = String::new();
+        let mut row = |label: &str, value: String| {
+            s.push_str(&format!("{label:<11}{value}\n"));
+        };
+        let n = &self.node;
+        row(
+            "node",
+            format!(
+                "{} (priority {}, instance {})",
+                n.name,
+                n.priority,
+                n.instance_id
+                    .as_ref()
+                    .map_or("from instance metadata".to_owned(), |i| i.to_string())
+            ),
+        );
+        for p in &self.peers {
+            let id = p
+                .instance_id
+                .as_ref()
+                .map_or(String::new(), |i| format!(" ({i})"));
+            row("peer", format!("{}{id}: {}", p.name, addrs(&p.addresses)));
+        }
+        let g = &self.group;
+        row(
+            "group",
+            format!(
+                "{}: ENI {} at device index {}, preempt {}",
+                g.id,
+                g.eni,
+                g.device_index,
+                if g.preempt {
+                    format!("on after {}", d(g.preempt_delay))
+                } else {
+                    "off".to_owned()
+                }
+            ),
+        );
+        let h = &self.heartbeat;
+        row(
+            "heartbeat",
+            format!(
+                "bind {}, every {}, peer dead after {}, max clock skew {}",
+                h.bind,
+                d(h.interval),
+                d(h.dead_interval),
+                d(h.max_clock_skew)
+            ),
+        );
+        row(
+            "hold-down",
+            format!("{} doubling up to {}", d(g.hold_down), d(g.hold_down_max)),
+        );
+        row("key file", self.auth.key_file.display().to_string());
+        let a = &self.aws;
+        row(
+            "aws",
+            format!(
+                "region {}{}, operation timeout {}, force detach after {}, verify every {}",
+                a.region.as_deref().unwrap_or("from instance metadata"),
+                a.endpoint_url
+                    .as_ref()
+                    .map_or(String::new(), |u| format!(", endpoint {u}")),
+                d(a.operation_timeout),
+                d(a.force_detach_grace),
+                d(a.verify_interval)
+            ),
+        );
+        let net = &self.network;
+        row(
+            "network",
+            format!(
+                "interface {}, table {}, rule priority {}, rp_filter {}, mtu {}, repair {}",
+                net.interface_name.as_deref().unwrap_or("(kernel name)"),
+                net.route_table,
+                net.rule_priority,
+                net.rp_filter
+                    .map_or("unchanged".to_owned(), |v| v.to_string()),
+                net.mtu.map_or("unchanged".to_owned(), |v| v.to_string()),
+                if net.repair {
+                    format!("every {}", d(net.reconcile_interval))
+                } else {
+                    "off".to_owned()
+                }
+            ),
+        );
+        let k = &self.hooks;
+        row(
+            "hooks",
+            format!(
+                "on-master {}, on-backup {}, on-fault {}, on-stop {} (timeout {})",
+                k.on_master.len(),
+                k.on_backup.len(),
+                k.on_fault.len(),
+                k.on_stop.len(),
+                d(k.timeout)
+            ),
+        );
+        let c = &self.control;
+        row(
+            "control",
+            format!(
+                "{} ({})",
+                c.socket.display(),
+                c.group
+                    .as_ref()
+                    .map_or("root only".to_owned(), |g| format!("group {g}"))
+            ),
+        );
+        let st = &self.stop;
+        row(
+            "stop",
+            format!(
+                "{}, restart grace {}, handover timeout {}",
+                match st.mode {
+                    StopMode::Auto => "auto",
+                    StopMode::Hold => "hold",
+                    StopMode::Handover => "handover",
+                },
+                d(st.restart_grace),
+                d(st.handover_timeout)
+            ),
+        );
+        if let Some(t) = &self.testing {
+            row(
+                "testing",
+                format!(
+                    "fake cloud {}, fake net {}",
+                    t.fake_cloud.display(),
+                    t.fake_net
+                ),
+            );
+        }
+        s
+    }
+}
+
 /// `enipeer check`: prints every problem (stderr) or a summary (stdout); returns the exit code.
-pub fn check_command(_path: &std::path::Path, _preflight: bool) -> i32 {
-    crate::exit::SOFTWARE
+pub fn check_command(path: &Path, preflight: bool) -> i32 {
+    match load(path) {
+        Ok(settings) => {
+            print!("{}", settings.summary());
+            if preflight {
+                eprintln!("preflight: not available in this build");
+                return crate::exit::UNAVAILABLE;
+            }
+            crate::exit::OK
+        }
+        Err(err) => {
+            for line in err.lines() {
+                eprintln!("{line}");
+            }
+            eprintln!("enipeer: {} problem(s) in {}", err.count(), path.display());
+            crate::exit::CONFIG
+        }
+    }
 }
 
 /// `enipeer keygen`: writes a new random key with mode 0600; returns the exit code.
-pub fn keygen_command(_path: &std::path::Path, _force: bool) -> i32 {
-    crate::exit::SOFTWARE
+pub fn keygen_command(path: &Path, force: bool) -> i32 {
+    match keyfile::write_new_key(path, force) {
+        Ok(()) => {
+            println!("{}", path.display());
+            crate::exit::OK
+        }
+        Err(e) => {
+            eprintln!("enipeer: {e}");
+            EX_CANTCREAT
+        }
+    }
 }

@@ -1,0 +1,182 @@
+//! `enipeer check` and `enipeer keygen` run as the real binary: exit codes, what lands on
+//! stdout and stderr, and the key file they create.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use enipeer::config::keyfile;
+
+const EXAMPLE: &str = include_str!("../conf/enipeer.toml");
+
+fn enipeer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_enipeer"))
+        .args(args)
+        .output()
+        .expect("run enipeer")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The example config with its key file pointing at a fresh 0600 key in `dir`.
+fn example_with_key(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = dir.join("peer.key");
+    keyfile::write_new_key(&key, false).expect("write key");
+    let config = dir.join("enipeer.toml");
+    let body = EXAMPLE.replace("/etc/enipeer/peer.key", key.to_str().expect("utf-8 path"));
+    assert_ne!(body, EXAMPLE, "the example must name /etc/enipeer/peer.key");
+    fs::write(&config, body).expect("write config");
+    (config, key)
+}
+
+#[test]
+fn example_config_passes_and_prints_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _key) = example_with_key(dir.path());
+    let out = enipeer(&["check", "-c", config.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "stderr: {}", text(&out.stderr));
+    for needle in [
+        "node-a",
+        "node-b: 198.18.0.11:7460",
+        "eni-0123456789abcdef0",
+        "device index 1",
+        "on-master 1",
+        "/run/enipeer/control.sock",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing from:\n{stdout}");
+    }
+}
+
+#[test]
+fn preflight_is_reported_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _key) = example_with_key(dir.path());
+    let out = enipeer(&["check", "--preflight", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(text(&out.stderr).contains("preflight: not available"));
+}
+
+/// The `# expect: ...` lines at the top of a bad config.
+fn expectations(body: &str) -> Vec<String> {
+    body.lines()
+        .map_while(|l| l.strip_prefix("# expect: "))
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn every_bad_config_is_rejected_naming_the_problem() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/bad");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .expect("tests/configs/bad")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15, "only {} bad configs", files.len());
+    for file in files {
+        let body = fs::read_to_string(&file).unwrap();
+        let expected = expectations(&body);
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            file.display()
+        );
+        let path = file.to_str().unwrap();
+        let out = enipeer(&["check", "-c", path]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{path}: stderr: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "{path}: stdout: {}",
+            text(&out.stdout)
+        );
+        for e in &expected {
+            assert!(
+                stderr.contains(e.as_str()),
+                "{path}: expected {e:?} in:\n{stderr}"
+            );
+        }
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("enipeer: ") && last.ends_with(&format!("problem(s) in {path}")),
+            "{path}: last line {last:?}"
+        );
+        // Every other line is one problem, prefixed with the file.
+        for line in stderr.lines().filter(|l| *l != last) {
+            assert!(line.starts_with(&format!("{path}:")), "{path}: {line:?}");
+        }
+    }
+}
+
+#[test]
+fn key_file_readable_by_others_is_refused_with_chmod_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, key) = example_with_key(dir.path());
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = enipeer(&["check", "-c", config.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("auth.key-file"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod 600 {}", key.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn missing_config_file_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let out = enipeer(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out.stderr).contains("cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn keygen_creates_a_private_key_and_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("peer.key");
+    let path = key.to_str().unwrap();
+
+    let out = enipeer(&["keygen", path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(path));
+    let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first = keyfile::read_key(&key).expect("keygen output is a valid key");
+    assert_eq!(first.len(), 32);
+
+    let out = enipeer(&["keygen", path]);
+    assert_eq!(out.status.code(), Some(73));
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        keyfile::read_key(&key).unwrap(),
+        first,
+        "key must be untouched"
+    );
+
+    let out = enipeer(&["keygen", "--force", path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let second = keyfile::read_key(&key).unwrap();
+    assert_ne!(second, first);
+    let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let out = enipeer(&["keygen", dir.path().join("no/such/dir/k").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(73));
+}
