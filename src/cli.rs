@@ -1,11 +1,12 @@
 //! The command line: subcommands and their dispatch. Each subcommand returns an exit code.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 
 use crate::config;
+use crate::control::{self, Request, Response};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,9 +76,160 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Check { config, preflight } => config::check_command(&config, preflight),
         Command::Keygen { path, force } => config::keygen_command(&path, force),
-        Command::Run { .. } | Command::Role { .. } | Command::Yield { .. } => {
-            eprintln!("enipeer: not implemented yet");
+        Command::Run { config } => run(&config),
+        Command::Role {
+            config,
+            socket,
+            json,
+        } => role(&config, socket, json),
+        Command::Yield {
+            config,
+            socket,
+            timeout,
+        } => yield_(&config, socket, timeout),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ENIPEER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Under systemd the journal stamps every line itself; timestamps and colours would be noise.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false);
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// `enipeer run`: refuses an invalid config exactly as `enipeer check` does (exit 78).
+fn run(path: &Path) -> i32 {
+    let settings = match config::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprint!("{e}");
+            eprintln!("enipeer: refusing to start with an invalid config");
+            return crate::exit::CONFIG;
+        }
+    };
+    init_logging();
+    // One thread: the daemon's work is a few packets a second and some API calls, and a
+    // single-threaded runtime keeps its footprint small and its behaviour easy to reason about.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return crate::exit::SOFTWARE;
+        }
+    };
+    match rt.block_on(crate::daemon::run(settings)) {
+        Ok(()) => crate::exit::OK,
+        Err(e) => {
+            tracing::error!(kind = e.kind(), "{}", error_chain(&e));
+            crate::exit::UNAVAILABLE
+        }
+    }
+}
+
+/// "outer: inner: innermost", so a log line carries the whole cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The control socket: `--socket`, else the config's, else the default. The config is only
+/// parsed (no key file checks) so an unprivileged `enipeer role` still finds the socket.
+fn socket_path(config: &Path, socket: Option<PathBuf>) -> PathBuf {
+    if let Some(s) = socket {
+        return s;
+    }
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| config::parse(&text, config).ok())
+        .map(|s| s.control.socket)
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET))
+}
+
+fn request(socket: &Path, req: Request, timeout: Duration) -> Result<Response, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    rt.block_on(control::request(socket, &req, timeout))
+        .map_err(|e| error_chain(&e))
+}
+
+fn role(config: &Path, socket: Option<PathBuf>, json: bool) -> i32 {
+    let socket = socket_path(config, socket);
+    match request(&socket, Request::Role, Duration::from_secs(5)) {
+        Ok(Response::Role(report)) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("enipeer: {e}");
+                        return crate::exit::SOFTWARE;
+                    }
+                }
+            } else {
+                print!(
+                    "{}",
+                    report.render(crate::timeline::unix_ms(SystemTime::now()))
+                );
+            }
+            crate::exit::OK
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("enipeer: {message}");
+            crate::exit::FAILURE
+        }
+        Ok(other) => {
+            eprintln!("enipeer: unexpected answer from the daemon: {other:?}");
             crate::exit::SOFTWARE
+        }
+        Err(e) => {
+            eprintln!("enipeer: {e}");
+            crate::exit::UNAVAILABLE
+        }
+    }
+}
+
+fn yield_(config: &Path, socket: Option<PathBuf>, timeout: Duration) -> i32 {
+    let socket = socket_path(config, socket);
+    let req = Request::Yield {
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    // The daemon answers within the timeout plus its own slack; wait a little longer than that.
+    match request(&socket, req, timeout + Duration::from_secs(15)) {
+        Ok(Response::Yielded { message }) => {
+            println!("{message}");
+            crate::exit::OK
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("enipeer: yield failed: {message}");
+            crate::exit::FAILURE
+        }
+        Ok(other) => {
+            eprintln!("enipeer: unexpected answer from the daemon: {other:?}");
+            crate::exit::SOFTWARE
+        }
+        Err(e) => {
+            eprintln!("enipeer: {e}");
+            crate::exit::UNAVAILABLE
         }
     }
 }

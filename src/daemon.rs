@@ -17,7 +17,9 @@ use tracing::{debug, error, info, warn};
 use crate::cloud::{ClaimOutcome, ClaimRequest, Cloud, CloudError, EniInfo};
 use crate::config::{Settings, StopMode};
 use crate::control::{self, Incoming, Request, Response};
-use crate::core::{self, Action, ClaimResult, CloudView, CoreConfig, Event, Failure, HookKind, Node};
+use crate::core::{
+    self, Action, ClaimResult, CloudView, CoreConfig, Event, Failure, HookKind, Node,
+};
 use crate::hooks::{HookEnv, HookHandle, HookReport, HookRunner, Transition};
 use crate::ids::InstanceId;
 use crate::net::{HostNet, NetPlan};
@@ -66,7 +68,8 @@ pub struct Parts {
 
 /// Builds the adapters the config asks for and runs until stopped.
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
-    let key = crate::config::keyfile::read_key(&settings.auth.key_file).map_err(DaemonError::Key)?;
+    let key =
+        crate::config::keyfile::read_key(&settings.auth.key_file).map_err(DaemonError::Key)?;
     let cloud: Arc<dyn Cloud> = build_cloud(&settings).await?;
     let identity = cloud.identity().await.map_err(DaemonError::Cloud)?;
     info!(
@@ -326,7 +329,12 @@ pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig 
         peers: settings
             .peers
             .iter()
-            .map(|p| (p.name.clone(), p.instance_id.as_ref().map(|i| i.to_string())))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.instance_id.as_ref().map(|i| i.to_string()),
+                )
+            })
             .collect(),
         heartbeat_interval: settings.heartbeat.interval,
         dead_interval: settings.heartbeat.dead_interval,
@@ -582,7 +590,9 @@ impl Daemon {
                         Event::ClaimDone(Ok(ClaimResult::HeldBy(h))) => {
                             t.finish(format!("lost: {h} holds the ENI"));
                         }
-                        Event::ClaimDone(Err(f)) => t.finish(format!("claim failed: {}", f.message)),
+                        Event::ClaimDone(Err(f)) => {
+                            t.finish(format!("claim failed: {}", f.message))
+                        }
                         Event::ReleaseDone(r) => {
                             t.mark("released");
                             t.finish(match r {
@@ -702,10 +712,7 @@ impl Daemon {
                 .node
                 .cloud_checked()
                 .map(|t| now.saturating_sub(t).as_millis() as u64),
-            hold_down_ms_left: self
-                .node
-                .hold_down_left(now)
-                .map(|d| d.as_millis() as u64),
+            hold_down_ms_left: self.node.hold_down_left(now).map(|d| d.as_millis() as u64),
             last_failover: self
                 .timeline
                 .as_ref()

@@ -62,8 +62,12 @@ impl FakeState {
         std::fs::write(path, text)
     }
 
+    /// Reads the state under a shared lock, so a reader never sees a half-written file.
     pub fn read(path: &Path) -> std::io::Result<FakeState> {
-        let text = std::fs::read_to_string(path)?;
+        let mut file = File::open(path)?;
+        file.lock_shared()?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
         serde_json::from_str(&text).map_err(std::io::Error::other)
     }
 }
@@ -258,7 +262,9 @@ mod tests {
     fn enforces_single_attachment_and_compare_and_swap() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cloud.json");
-        FakeState::new("eni-0123abcd", Some("i-0000000a")).write(&path).unwrap();
+        FakeState::new("eni-0123abcd", Some("i-0000000a"))
+            .write(&path)
+            .unwrap();
         let (a, eni) = ids("i-0000000a");
         let (b, _) = ids("i-0000000b");
         let (c, _) = ids("i-0000000c");
@@ -279,13 +285,19 @@ mod tests {
             // b expects a: detaches and attaches.
             assert!(matches!(
                 cb.claim(req(Some(&a))).await.unwrap(),
-                ClaimOutcome::Claimed { already_mine: false, .. }
+                ClaimOutcome::Claimed {
+                    already_mine: false,
+                    ..
+                }
             ));
             assert_eq!(cb.describe().await.unwrap().holder(), Some(&b));
             // Idempotent.
             assert!(matches!(
                 cb.claim(req(Some(&a))).await.unwrap(),
-                ClaimOutcome::Claimed { already_mine: true, .. }
+                ClaimOutcome::Claimed {
+                    already_mine: true,
+                    ..
+                }
             ));
             // Release from a non-holder changes nothing; from the holder detaches.
             assert!(!ca.release().await.unwrap().detached);
@@ -293,7 +305,10 @@ mod tests {
             assert_eq!(ca.describe().await.unwrap().holder(), None);
         });
         let calls = FakeState::read(&path).unwrap().calls;
-        let actions: Vec<_> = calls.iter().map(|c| (c.action.as_str(), c.result.as_str())).collect();
+        let actions: Vec<_> = calls
+            .iter()
+            .map(|c| (c.action.as_str(), c.result.as_str()))
+            .collect();
         assert_eq!(
             actions,
             [

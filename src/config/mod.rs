@@ -25,6 +25,9 @@ use crate::ids::{EniId, InstanceId};
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/enipeer/enipeer.toml";
 
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/enipeer/control.sock";
+
 /// The fully validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {

@@ -15,7 +15,7 @@ use crate::ids::{EniId, InstanceId};
 
 const DEFAULT_PORT: u16 = 7460;
 const DEFAULT_KEY_FILE: &str = "/etc/enipeer/peer.key";
-const DEFAULT_SOCKET: &str = "/run/enipeer/control.sock";
+use super::DEFAULT_SOCKET;
 /// Longest node name: it travels in every heartbeat.
 const MAX_NAME_LEN: usize = 32;
 /// IFNAMSIZ - 1.

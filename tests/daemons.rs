@@ -1,0 +1,422 @@
+//! Two real `enipeer run` processes on 127.0.0.1 with the file-backed fake cloud: heartbeats,
+//! failover after SIGKILL, `enipeer role`, `enipeer yield`, a restart that keeps the ENI, and
+//! forged or broken packets that are rejected and counted while the daemon keeps working.
+
+use std::net::UdpSocket;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use enipeer::cloud::fake::FakeState;
+use enipeer::core::{Advert, HolderBelief, Role, YieldMsg};
+use enipeer::peer::wire::{encode, Header, Packet};
+use enipeer::report::RoleReport;
+
+const BIN: &str = env!("CARGO_BIN_EXE_enipeer");
+const ENI: &str = "eni-0123456789abcdef0";
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+struct Node {
+    port: u16,
+    config: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    a: Node,
+    b: Node,
+}
+
+impl Cluster {
+    fn new(holder: Option<&str>) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("peer.key");
+        std::fs::write(&key, format!("{KEY}\n")).expect("key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        FakeState::new(ENI, holder)
+            .write(&dir.path().join("cloud.json"))
+            .expect("cloud state");
+        let (pa, pb) = (free_port(), free_port());
+        let a = Self::node(dir.path(), "node-a", "i-0000000a", pa, "node-b", pb);
+        let b = Self::node(dir.path(), "node-b", "i-0000000b", pb, "node-a", pa);
+        Cluster { dir, a, b }
+    }
+
+    fn node(
+        dir: &Path,
+        name: &'static str,
+        instance: &'static str,
+        port: u16,
+        peer: &str,
+        peer_port: u16,
+    ) -> Node {
+        let config = dir.join(format!("{name}.toml"));
+        let socket = dir.join(format!("{name}.sock"));
+        let marker = dir.join(format!("{name}.hook"));
+        let text = format!(
+            r#"
+[node]
+name = "{name}"
+instance-id = "{instance}"
+
+[[peer]]
+name = "{peer}"
+addresses = ["127.0.0.1:{peer_port}"]
+
+[group]
+id = 7
+eni = "{ENI}"
+hold-down = "2s"
+
+[heartbeat]
+bind = "127.0.0.1:{port}"
+interval = "50ms"
+dead-interval = "300ms"
+
+[auth]
+key-file = "{key}"
+
+[aws]
+verify-interval = "1s"
+
+[hooks]
+timeout = "5s"
+on-master = [["/bin/sh", "-c", "echo $ENIPEER_TRANSITION $ENIPEER_ADDRESSES >> {marker}"]]
+
+[control]
+socket = "{socket}"
+
+[stop]
+mode = "hold"
+restart-grace = "3s"
+handover-timeout = "5s"
+
+[testing]
+fake-cloud = "{cloud}"
+fake-net = true
+"#,
+            key = dir.join("peer.key").display(),
+            marker = marker.display(),
+            socket = socket.display(),
+            cloud = dir.join("cloud.json").display(),
+        );
+        std::fs::write(&config, text).expect("config");
+        Node {
+            port,
+            config,
+            socket,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    fn cloud(&self) -> FakeState {
+        FakeState::read(&self.dir.path().join("cloud.json")).expect("cloud state")
+    }
+
+    fn holder(&self) -> Option<String> {
+        self.cloud().attached_to.map(|(i, _)| i)
+    }
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("ENIPEER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start enipeer");
+        self.child = Some(child);
+    }
+
+    fn signal(&mut self, sig: &str) {
+        if let Some(c) = self.child.as_ref() {
+            let status = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    return Some(st);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run enipeer cli")
+    }
+
+    fn role(&self) -> Option<RoleReport> {
+        let out = self.cli(&["role", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn role_name(&self) -> Option<String> {
+        self.role().map(|r| r.role)
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn two_daemons_fail_over_yield_restart_and_reject_bad_packets() {
+    let mut c = Cluster::new(Some("i-0000000a"));
+    c.a.start();
+    c.b.start();
+    let ctx = |c: &Cluster| {
+        format!(
+            "\n--- node-a log ---\n{}\n--- node-b log ---\n{}",
+            c.a.logs(),
+            c.b.logs()
+        )
+    };
+
+    // node-a holds the ENI in the cloud: it adopts it; node-b becomes backup.
+    wait_for(
+        "node-a master and node-b backup",
+        Duration::from_secs(10),
+        || {
+            c.a.role()
+                .is_some_and(|r| r.role == "master" && r.peers[0].role.as_deref() == Some("backup"))
+                && c.b.role().is_some_and(|r| {
+                    r.role == "backup" && r.peers[0].role.as_deref() == Some("master")
+                })
+        },
+    );
+    let rb = c.b.role().expect("role of node-b");
+    let peer = &rb.peers[0];
+    assert_eq!(peer.name, "node-a");
+    assert_eq!(
+        peer.role.as_deref(),
+        Some("master"),
+        "heartbeats carry the role{}",
+        ctx(&c)
+    );
+    assert!(peer.alive);
+    assert_eq!(rb.cloud_holder, "i-0000000a");
+    // The human summary names the role and the peer.
+    let human = String::from_utf8_lossy(&c.b.cli(&["role"]).stdout).to_string();
+    assert!(
+        human.contains("BACKUP") && human.contains("peer node-a: master"),
+        "{human}"
+    );
+    // Adopting does not move the ENI.
+    assert!(
+        c.cloud().calls.is_empty(),
+        "adopt made cloud calls: {:?}",
+        c.cloud().calls
+    );
+
+    // Yield on the backup is refused.
+    let out = c.b.cli(&["yield", "--timeout", "2s"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not master"));
+
+    // Yield on the master hands over and exits 0 once node-b is master.
+    let out = c.a.cli(&["yield", "--timeout", "5s"]);
+    assert!(
+        out.status.success(),
+        "yield failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctx(&c)
+    );
+    assert_eq!(c.holder().as_deref(), Some("i-0000000b"));
+    wait_for("node-a backup after yield", Duration::from_secs(3), || {
+        c.a.role_name().as_deref() == Some("backup")
+    });
+    // An orderly handover never forces.
+    assert!(c.cloud().calls.iter().all(|x| x.action != "detach-force"));
+
+    // Kill node-b (the master now): node-a claims with a forced detach.
+    c.b.signal("-KILL");
+    c.b.wait_exit(Duration::from_secs(5))
+        .expect("node-b exited");
+    let killed = Instant::now();
+    wait_for(
+        "node-a claims after node-b died",
+        Duration::from_secs(10),
+        || {
+            c.holder().as_deref() == Some("i-0000000a")
+                && c.a.role_name().as_deref() == Some("master")
+        },
+    );
+    println!("failover after SIGKILL observed in {:?}", killed.elapsed());
+    let calls = c.cloud().calls;
+    assert_eq!(calls.last().map(|x| x.action.as_str()), Some("attach"));
+    assert!(calls
+        .iter()
+        .any(|x| x.action == "detach-force" && x.instance == "i-0000000a"));
+    let ra = c.a.role().expect("role of node-a");
+    let tl = ra.last_failover.expect("a failover timeline");
+    assert_eq!(tl.kind, "failover");
+    assert!(tl.steps.iter().any(|s| s.label == "attached"), "{tl:?}");
+    assert!(tl.steps.iter().any(|s| s.label == "hooks done"), "{tl:?}");
+    // The master hook ran with the ENI's address in its environment.
+    let marker = std::fs::read_to_string(c.dir.path().join("node-a.hook")).unwrap_or_default();
+    assert!(
+        marker.contains("master 198.18.1.25"),
+        "hook output: {marker:?}"
+    );
+
+    // Bad packets at node-a's heartbeat port: rejected, counted, and node-a keeps working.
+    attack(c.a.port);
+    wait_for("rejections counted", Duration::from_secs(3), || {
+        let r = c.a.role().expect("role");
+        let n = |k: &str| {
+            r.rejected
+                .iter()
+                .find(|(x, _)| x == k)
+                .map_or(0, |(_, n)| *n)
+        };
+        n("bad-mac") >= 1
+            && n("replay") >= 1
+            && n("truncated") >= 1
+            && n("unknown-node") >= 1
+            && n("stale-timestamp") >= 1
+            && n("bad-magic") >= 1
+    });
+    assert_eq!(c.a.role_name().as_deref(), Some("master"));
+
+    // node-b comes back: it sees node-a hold the ENI and stays backup (heartbeats still work).
+    c.b.start();
+    wait_for("node-b backup again", Duration::from_secs(10), || {
+        c.b.role()
+            .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
+    });
+    assert_eq!(c.holder().as_deref(), Some("i-0000000a"));
+
+    // A restart of the master (SIGTERM, stop mode hold) keeps the ENI where it is.
+    let calls_before = c.cloud().calls.len();
+    c.a.signal("-TERM");
+    let st =
+        c.a.wait_exit(Duration::from_secs(10))
+            .expect("node-a stopped");
+    assert!(st.success(), "exit status {st:?}{}", ctx(&c));
+    c.a.start();
+    wait_for("node-a master again", Duration::from_secs(10), || {
+        c.a.role_name().as_deref() == Some("master")
+    });
+    assert_eq!(c.holder().as_deref(), Some("i-0000000a"));
+    assert_eq!(
+        c.cloud().calls.len(),
+        calls_before,
+        "the restart moved the ENI{}",
+        ctx(&c)
+    );
+    assert_eq!(c.b.role_name().as_deref(), Some("backup"));
+}
+
+/// Sends garbage, a truncated packet, a packet signed with the wrong key, one from an unknown
+/// node, one with an old timestamp, and a valid packet twice (the second is a replay).
+fn attack(port: u16) {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("attacker socket");
+    let to = ("127.0.0.1", port);
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let key: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&KEY[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let packet = |sender: &str, seq: u64, ts: u64| Packet {
+        header: Header {
+            group_id: 7,
+            sender: sender.into(),
+            incarnation: 0xfeed,
+            seq,
+            timestamp_ms: ts,
+        },
+        advert: Advert {
+            role: Role::Backup,
+            priority: 100,
+            instance_id: "i-0000000b".into(),
+            holder: HolderBelief::Instance("i-0000000a".into()),
+            yield_msg: YieldMsg::None,
+            stopping_ms: 0,
+            wants_master: false,
+        },
+    };
+    let good = encode(&packet("node-b", 1, now_ms), &key).expect("encode");
+    let forged = encode(&packet("node-b", 2, now_ms), b"not the key").expect("encode");
+    let unknown = encode(&packet("node-z", 1, now_ms), &key).expect("encode");
+    let stale = encode(&packet("node-b", 3, now_ms - 3_600_000), &key).expect("encode");
+    let mut rng = 0x1234_5678_u64;
+    let random: Vec<u8> = (0..200)
+        .map(|_| {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (rng >> 33) as u8
+        })
+        .collect();
+    for p in [
+        &random[..],
+        &good[..good.len() / 2],
+        &forged[..],
+        &unknown[..],
+        &stale[..],
+        &good[..],
+        &good[..],
+    ] {
+        sock.send_to(p, to).expect("send");
+    }
+}
