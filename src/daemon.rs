@@ -627,7 +627,7 @@ impl Daemon {
             if !t.is_finished() {
                 t.push(Step {
                     label: "hooks done".into(),
-                    at: report.finished_at.into(),
+                    at: report.finished_at,
                 });
                 t.finish("master");
                 done = true;

@@ -873,42 +873,39 @@ impl Node {
 
         // Yield conversation.
         match (&advert.yield_msg, self.state.clone()) {
-            (YieldMsg::Offer { id, to }, State::Backup) if to == &self.cfg.name => {
-                if self.accepted.as_ref().map(|a| a.id) != Some(*id) {
-                    self.accepted = Some(Accepted {
-                        id: *id,
-                        from: name.to_string(),
-                        deadline: now + self.cfg.handover_timeout,
-                    });
-                    out.push(Action::SendHeartbeat);
-                }
+            (YieldMsg::Offer { id, to }, State::Backup)
+                if to == &self.cfg.name && self.accepted.as_ref().map(|a| a.id) != Some(*id) =>
+            {
+                self.accepted = Some(Accepted {
+                    id: *id,
+                    from: name.to_string(),
+                    deadline: now + self.cfg.handover_timeout,
+                });
+                out.push(Action::SendHeartbeat);
             }
             (YieldMsg::Offer { id, to }, State::Fault { .. } | State::Starting { .. })
-                if to == &self.cfg.name =>
+                if to == &self.cfg.name && self.rejecting.as_ref().map(|r| r.0) != Some(*id) =>
             {
-                if self.rejecting.as_ref().map(|r| r.0) != Some(*id) {
-                    self.rejecting =
-                        Some((*id, name.to_string(), now + self.cfg.dead_interval * 2));
-                    out.push(Action::SendHeartbeat);
-                }
+                self.rejecting = Some((*id, name.to_string(), now + self.cfg.dead_interval * 2));
+                out.push(Action::SendHeartbeat);
             }
-            (YieldMsg::Released { id, to }, State::Backup) if to == &self.cfg.name => {
-                if self
-                    .accepted
-                    .as_ref()
-                    .is_some_and(|a| a.id == *id && a.from == name)
-                {
-                    self.accepted = None;
-                    self.holder = HolderBelief::Nobody;
-                    self.claim(
-                        Some(peer_instance.clone()),
-                        false,
-                        ClaimKind::Yield,
-                        format!("{name} handed the ENI over"),
-                        now,
-                        out,
-                    );
-                }
+            (YieldMsg::Released { id, to }, State::Backup)
+                if to == &self.cfg.name
+                    && self
+                        .accepted
+                        .as_ref()
+                        .is_some_and(|a| a.id == *id && a.from == name) =>
+            {
+                self.accepted = None;
+                self.holder = HolderBelief::Nobody;
+                self.claim(
+                    Some(peer_instance.clone()),
+                    false,
+                    ClaimKind::Yield,
+                    format!("{name} handed the ENI over"),
+                    now,
+                    out,
+                );
             }
             (
                 YieldMsg::Accept { id, to },
