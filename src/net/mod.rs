@@ -86,6 +86,8 @@ pub trait HostNet: Send + Sync {
     /// attempted and all failures are reported together (`teardown`).
     fn remove<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>>;
     /// Report link loss and drift for this plan until the receiver is dropped or the link goes.
+    /// The channel closes when the watch ends (after `LinkGone`, or if the event socket fails);
+    /// a closed channel is not an event, and the caller's reconcile timer covers what follows.
     fn watch<'a>(
         &'a self,
         plan: &'a NetPlan,
