@@ -2,14 +2,34 @@
 //! addresses, source-based policy routing) and leaving the host clean when it is not.
 //!
 //! Desired state is data, a [`NetPlan`], built from the ENI's description and the config; the
-//! [`HostNet`] adapter applies and removes exactly that plan.
+//! [`HostNet`] adapter applies and removes exactly that plan. [`netlink::NetlinkNet`] is the real
+//! adapter (the only code that speaks rtnetlink); [`NoopNet`] stands in for unprivileged tests.
+//! [`coexist`] finds other network managers that would fight over the hot-plugged interface.
+//!
+//! The daemon's calling order, per ENI:
+//! 1. [`HostNet::prepare`] before the attach is requested, so a fast hot-plug is never missed;
+//! 2. [`HostNet::apply`] after the claim succeeded (waits for the link, then configures it);
+//! 3. [`HostNet::watch`] while master, and [`HostNet::reconcile`] on each `Changed` event and on
+//!    a slow timer;
+//! 4. [`HostNet::remove`] on release or step-down, and when `LinkGone` arrives.
 
+pub mod coexist;
+pub mod netlink;
 pub mod plan;
 
-pub use plan::NetPlan;
+pub use coexist::coexistence_warnings;
+pub use plan::{NetPlan, RouteSpec, RuleSpec};
 
 use futures::future::BoxFuture;
+use tokio::sync::mpsc;
 
+/// A host network error with a short machine label (`kind`) for logs and metrics.
+///
+/// Kinds used by the netlink adapter: `bad-mac` (the plan's MAC does not parse), `link-timeout`
+/// (the hot-plugged link did not appear in time), `link-gone` (reconcile found no link),
+/// `rename` (the configured name is taken or invalid), `netlink` (the kernel refused a request or
+/// the socket failed), `sysctl` (reading or writing rp_filter failed), `teardown` (one or more
+/// removal steps failed; the message lists every one).
 #[derive(Debug, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct NetError {
@@ -24,21 +44,54 @@ impl NetError {
             message: message.into(),
         }
     }
+
+    /// The short machine label, as the other adapters' errors offer it.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
 }
 
-/// What applying a plan changed, for logs and the timeline.
+/// What applying, reconciling or removing a plan changed, for logs and the timeline.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyReport {
-    /// Human descriptions of what was missing and added; empty when all was in place.
+    /// Human descriptions of what was missing and added (apply, reconcile) or what was removed
+    /// (remove); empty when nothing had to change.
     pub changed: Vec<String>,
     pub steps: Vec<crate::timeline::Step>,
 }
 
+/// Something happened to the ENI's link or to what the plan put on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetEvent {
+    /// The link left this host (detached, deleted, moved away). The watch ends after this.
+    LinkGone,
+    /// An address, rule or route of the plan's link or table was deleted, or the link went down:
+    /// time to reconcile. Bursts are coalesced, so one event may stand for several changes.
+    Changed,
+}
+
+/// The host network seam. Every method is idempotent; none of them holds a lock across an await.
 pub trait HostNet: Send + Sync {
-    /// Make the plan true on this host (waiting for the link to appear first). Idempotent.
+    /// Start listening for the link with this MAC. Call it before requesting the attach: the
+    /// following [`HostNet::apply`] for the same MAC then cannot miss a hot-plug that happens
+    /// before it starts waiting. A later `prepare` replaces an earlier one.
+    fn prepare<'a>(&'a self, mac: &'a str) -> BoxFuture<'a, Result<(), NetError>>;
+    /// Wait for the plan's link (up to the adapter's link timeout), then make the plan true.
+    /// Applying a plan that is already in place changes nothing and succeeds.
     fn apply<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>>;
-    /// Remove what the plan adds. A link that is already gone is success.
-    fn remove<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<(), NetError>>;
+    /// Restore whatever part of the plan is missing, without waiting for the link (`link-gone`
+    /// when it is not there). `changed` lists what was missing.
+    fn reconcile<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>>;
+    /// Remove exactly what the plan added. A link that is already gone is success; every step is
+    /// attempted and all failures are reported together (`teardown`).
+    fn remove<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>>;
+    /// Report link loss and drift for this plan until the receiver is dropped or the link goes.
+    /// The channel closes when the watch ends (after `LinkGone`, or if the event socket fails);
+    /// a closed channel is not an event, and the caller's reconcile timer covers what follows.
+    fn watch<'a>(
+        &'a self,
+        plan: &'a NetPlan,
+    ) -> BoxFuture<'a, Result<mpsc::Receiver<NetEvent>, NetError>>;
 }
 
 /// For tests that run unprivileged: changes nothing and says so.
@@ -46,11 +99,28 @@ pub trait HostNet: Send + Sync {
 pub struct NoopNet;
 
 impl HostNet for NoopNet {
+    fn prepare<'a>(&'a self, _mac: &'a str) -> BoxFuture<'a, Result<(), NetError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn apply<'a>(&'a self, _plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>> {
         Box::pin(async { Ok(ApplyReport::default()) })
     }
 
-    fn remove<'a>(&'a self, _plan: &'a NetPlan) -> BoxFuture<'a, Result<(), NetError>> {
-        Box::pin(async { Ok(()) })
+    fn reconcile<'a>(&'a self, _plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>> {
+        Box::pin(async { Ok(ApplyReport::default()) })
+    }
+
+    fn remove<'a>(&'a self, _plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>> {
+        Box::pin(async { Ok(ApplyReport::default()) })
+    }
+
+    fn watch<'a>(
+        &'a self,
+        _plan: &'a NetPlan,
+    ) -> BoxFuture<'a, Result<mpsc::Receiver<NetEvent>, NetError>> {
+        // The sender is dropped at once: the receiver reports a closed channel, never an event,
+        // which is what "nothing to watch" means.
+        Box::pin(async { Ok(mpsc::channel(1).1) })
     }
 }

@@ -1,0 +1,735 @@
+//! The netlink adapter against a real kernel. Needs root: every test builds its own throwaway
+//! network namespaces (`ip netns add enp-t-<pid>-<n>`, deleted by a drop guard), runs the adapter
+//! on a thread that entered one of them with setns(2), and checks the result with `ip -j`.
+//! Nothing touches the root namespace. Without root each test prints why and returns.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enipeer::cloud::{EniInfo, Ipv4Net};
+use enipeer::config::NetworkSettings;
+use enipeer::net::netlink::NetlinkNet;
+use enipeer::net::{HostNet, NetEvent, NetPlan};
+use serde_json::Value;
+
+const MAC: &str = "02:00:5e:12:01:19";
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipped: needs root to create network namespaces");
+        false
+    }
+}
+
+/// A named network namespace that is deleted when dropped.
+struct Ns {
+    name: String,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl Ns {
+    fn new() -> Ns {
+        let name = format!(
+            "enp-t-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        // A leftover of a crashed earlier run with the same pid would make `add` fail.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Ns { name };
+        // IPv6 link-local addresses come and go with DAD and link state; the dumps compared
+        // before and after are about the plan's IPv4 state, so keep IPv6 out of the picture.
+        ns.exec(&[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    fn try_ip(&self, args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-j"];
+        full.extend_from_slice(args);
+        let out = self.ip(&full);
+        if out.trim().is_empty() {
+            return Value::Array(vec![]);
+        }
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip {full:?}: {e}: {out}"))
+    }
+
+    /// Everything the adapter could have touched, for before/after comparisons.
+    fn dumps(&self) -> (Value, Value, Value) {
+        let mut addrs = self.json(&["addr"]);
+        // The kernel attaches a link's default qdisc the first time it goes up and keeps it
+        // after it goes down again: a side effect of `up`, not configuration anyone made.
+        for link in addrs.as_array_mut().unwrap() {
+            link.as_object_mut().unwrap().remove("qdisc");
+        }
+        (
+            addrs,
+            self.json(&["rule"]),
+            self.json(&["route", "show", "table", "all"]),
+        )
+    }
+
+    fn sysctl(&self, path: &str) -> String {
+        self.exec(&["cat", path]).trim().to_owned()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `f` on a fresh thread inside the namespace `ns`; sockets it opens belong there.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on this thread only, with a valid namespace fd we own for the call.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Runs an async body on a current-thread runtime inside `ns`: the adapter's netlink sockets and
+/// its /proc/sys accesses then all happen in that namespace.
+fn block_in<F, Fut, T>(ns: &Ns, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    in_ns(&ns.name, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn settings(link_timeout: Duration) -> NetworkSettings {
+    NetworkSettings {
+        interface_name: Some("eni0".into()),
+        route_table: 10001,
+        rule_priority: 10001,
+        rp_filter: Some(2),
+        mtu: Some(1400),
+        repair: true,
+        reconcile_interval: Duration::from_secs(30),
+        link_timeout,
+    }
+}
+
+fn plan() -> NetPlan {
+    let info = EniInfo {
+        eni_id: "eni-0123456789abcdef0".parse().unwrap(),
+        status: "in-use".into(),
+        attachment: None,
+        mac: MAC.into(),
+        primary_ip: ip4("198.18.1.25"),
+        secondary_ips: vec![ip4("198.18.1.26")],
+        subnet_cidr: Some(Ipv4Net {
+            addr: ip4("198.18.1.0"),
+            prefix: 24,
+        }),
+        availability_zone: None,
+    };
+    NetPlan::build(&info, &settings(Duration::from_secs(5)))
+}
+
+/// A veth pair in `ns`: `nic0` with the ENI's MAC (down, like a fresh hot-plugged NIC) and its
+/// peer `wire0` up.
+fn add_nic(ns: &Ns) {
+    ns.ip(&[
+        "link", "add", "nic0", "address", MAC, "type", "veth", "peer", "name", "wire0",
+    ]);
+    ns.ip(&["link", "set", "wire0", "up"]);
+}
+
+fn inet_addrs(ns: &Ns, dev: &str) -> Vec<String> {
+    let v = ns.json(&["-4", "addr", "show", "dev", dev]);
+    // With -4, a link without IPv4 addresses is left out (or has no addr_info) entirely.
+    let mut out: Vec<String> = v[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    out.sort();
+    out
+}
+
+fn table_rules(ns: &Ns, table: &str) -> Vec<String> {
+    let v = ns.json(&["rule"]);
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["table"].as_str() == Some(table))
+        .map(|r| {
+            format!(
+                "{} from {}/{} lookup {}",
+                r["priority"],
+                r["src"].as_str().unwrap_or("all"),
+                // ip leaves out the length of a host address.
+                r["srclen"].as_u64().unwrap_or(32),
+                table
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn table_routes(ns: &Ns, table: &str) -> Vec<String> {
+    let v = ns.json(&["route", "show", "table", table]);
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} via {} dev {} scope {} src {}",
+                r["dst"].as_str().unwrap(),
+                r["gateway"].as_str().unwrap_or("-"),
+                r["dev"].as_str().unwrap(),
+                r["scope"].as_str().unwrap_or("global"),
+                r["prefsrc"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn assert_plan_in_place(ns: &Ns) {
+    assert_eq!(
+        inet_addrs(ns, "eni0"),
+        vec!["198.18.1.25/24", "198.18.1.26/32"]
+    );
+    assert_eq!(
+        table_rules(ns, "10001"),
+        vec![
+            "10001 from 198.18.1.25/32 lookup 10001",
+            "10001 from 198.18.1.26/32 lookup 10001"
+        ]
+    );
+    assert_eq!(
+        table_routes(ns, "10001"),
+        vec![
+            "198.18.1.0/24 via - dev eni0 scope link src 198.18.1.25",
+            "default via 198.18.1.1 dev eni0 scope global src 198.18.1.25",
+        ]
+    );
+    let link = ns.json(&["link", "show", "dev", "eni0"]);
+    assert_eq!(link[0]["mtu"], 1400);
+    assert_eq!(link[0]["address"], MAC);
+    assert!(link[0]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "UP"));
+    assert_eq!(ns.sysctl("/proc/sys/net/ipv4/conf/eni0/rp_filter"), "2");
+}
+
+#[test]
+fn apply_twice_then_remove_restores_everything() {
+    if !is_root() {
+        return;
+    }
+    let ns = Ns::new();
+    add_nic(&ns);
+
+    let (first, second) = block_in(&ns, || async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let plan = plan();
+        let first = net.apply(&plan).await.unwrap();
+        let second = net.apply(&plan).await.unwrap();
+        (first.changed, second.changed)
+    });
+    assert!(
+        first.len() >= 8,
+        "first apply changes everything: {first:?}"
+    );
+    assert_eq!(second, Vec::<String>::new(), "second apply changes nothing");
+    assert_plan_in_place(&ns);
+    let applied = ns.dumps();
+
+    // A fresh adapter (as after a daemon restart) must also see the plan as in place.
+    let again = block_in(&ns, || async {
+        NetlinkNet::new(Duration::from_secs(5))
+            .apply(&plan())
+            .await
+            .unwrap()
+            .changed
+    });
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(ns.dumps(), applied, "applying twice equals applying once");
+
+    // An adapter without memory of the apply (a restarted daemon) still removes every rule,
+    // route and address of the plan.
+    let removed = block_in(&ns, || async {
+        NetlinkNet::new(Duration::from_secs(5))
+            .remove(&plan())
+            .await
+            .unwrap()
+            .changed
+    });
+    assert!(
+        removed.iter().any(|r| r.contains("rule from 198.18.1.25")),
+        "{removed:?}"
+    );
+    // This adapter found the link already configured, so it leaves name and up state alone;
+    // the rules, routes and addresses are gone all the same.
+    assert!(table_rules(&ns, "10001").is_empty());
+    assert!(table_routes(&ns, "10001").is_empty());
+    assert!(inet_addrs(&ns, "eni0").is_empty());
+}
+
+#[test]
+fn remove_returns_the_namespace_to_its_state_before_apply() {
+    if !is_root() {
+        return;
+    }
+    let ns = Ns::new();
+    add_nic(&ns);
+    let rp_before = ns.sysctl("/proc/sys/net/ipv4/conf/nic0/rp_filter");
+    assert_ne!(rp_before, "2", "the test needs rp_filter to change");
+    let before = ns.dumps();
+    let (applied, removed) = block_in(&ns, || async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let plan = plan();
+        let applied = net.apply(&plan).await.unwrap();
+        let removed = net.remove(&plan).await.unwrap();
+        (applied.changed, removed.changed)
+    });
+    assert!(!applied.is_empty());
+    assert!(
+        removed.iter().any(|r| r.contains("renamed back to nic0")),
+        "{removed:?}"
+    );
+    assert_eq!(
+        ns.dumps(),
+        before,
+        "addresses, rules and routes as before apply"
+    );
+    assert_eq!(
+        ns.sysctl("/proc/sys/net/ipv4/conf/nic0/rp_filter"),
+        rp_before
+    );
+    // Removing again finds nothing to do and still succeeds.
+    let again = block_in(&ns, || async {
+        NetlinkNet::new(Duration::from_secs(5))
+            .remove(&plan())
+            .await
+            .unwrap()
+            .changed
+    });
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn hot_plugged_link_is_found_when_it_appears_later() {
+    if !is_root() {
+        return;
+    }
+    let inst = Ns::new();
+    let pool = Ns::new();
+    pool.ip(&[
+        "link", "add", "nic0", "address", MAC, "type", "veth", "peer", "name", "wire0",
+    ]);
+    let inst_name = inst.name.clone();
+    let pool_name = pool.name.clone();
+    let (report, waited) = block_in(&inst, move || async move {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let plan = plan();
+        net.prepare(&plan.mac).await.unwrap();
+        let start = Instant::now();
+        // The "attach": the NIC arrives 200 ms after the wait starts, as RTM_NEWLINK.
+        let mover = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            sh(&[
+                "ip", "-n", &pool_name, "link", "set", "nic0", "netns", &inst_name,
+            ]);
+        });
+        let report = net.apply(&plan).await;
+        let waited = start.elapsed();
+        mover.join().unwrap();
+        (report, waited)
+    });
+    let report = report.unwrap();
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    let labels: Vec<&str> = report.steps.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        vec![
+            "net: waiting for link",
+            "net: link appeared",
+            "net: plan applied"
+        ]
+    );
+    assert_plan_in_place(&inst);
+}
+
+#[test]
+fn link_that_never_appears_times_out_naming_the_mac() {
+    if !is_root() {
+        return;
+    }
+    let ns = Ns::new();
+    let timeout = Duration::from_millis(300);
+    let (err, took) = block_in(&ns, move || async move {
+        let net = NetlinkNet::new(timeout);
+        let plan = plan();
+        net.prepare(&plan.mac).await.unwrap();
+        let start = Instant::now();
+        let err = net.apply(&plan).await.unwrap_err();
+        (err, start.elapsed())
+    });
+    assert_eq!(err.kind, "link-timeout", "{err}");
+    assert!(err.message.contains(MAC), "{err}");
+    assert!(took >= timeout, "{took:?}");
+    assert!(took < timeout + Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn link_deleted_while_configured_is_reported_and_remove_succeeds() {
+    if !is_root() {
+        return;
+    }
+    let ns = Ns::new();
+    add_nic(&ns);
+    let before_rules = ns.json(&["rule"]);
+    let name = ns.name.clone();
+    let (event, removed) = block_in(&ns, move || async move {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let plan = plan();
+        net.apply(&plan).await.unwrap();
+        let mut events = net.watch(&plan).await.unwrap();
+        sh(&["ip", "-n", &name, "link", "del", "eni0"]);
+        let event = loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+                Ok(Some(NetEvent::Changed)) => continue,
+                other => break other,
+            }
+        };
+        let removed = net.remove(&plan).await;
+        (event, removed)
+    });
+    assert_eq!(event, Ok(Some(NetEvent::LinkGone)));
+    let removed = removed.unwrap().changed;
+    // Policy rules outlive the link: remove had to delete them.
+    assert_eq!(
+        removed,
+        vec![
+            "rule from 198.18.1.25 lookup 10001 priority 10001",
+            "rule from 198.18.1.26 lookup 10001 priority 10001"
+        ]
+    );
+    assert_eq!(ns.json(&["rule"]), before_rules);
+    assert!(table_routes(&ns, "10001").is_empty());
+}
+
+#[test]
+fn drift_is_reported_and_repaired() {
+    if !is_root() {
+        return;
+    }
+    let ns = Ns::new();
+    add_nic(&ns);
+    let name = ns.name.clone();
+    let (event, repaired, clean) = block_in(&ns, move || async move {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let plan = plan();
+        net.apply(&plan).await.unwrap();
+        let mut events = net.watch(&plan).await.unwrap();
+        sh(&[
+            "ip",
+            "-n",
+            &name,
+            "rule",
+            "del",
+            "from",
+            "198.18.1.25",
+            "lookup",
+            "10001",
+            "priority",
+            "10001",
+        ]);
+        sh(&[
+            "ip", "-n", &name, "route", "del", "default", "table", "10001",
+        ]);
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        let repaired = net.reconcile(&plan).await.unwrap().changed;
+        let clean = net.reconcile(&plan).await.unwrap().changed;
+        (event, repaired, clean)
+    });
+    assert_eq!(event, Ok(Some(NetEvent::Changed)));
+    assert_eq!(
+        repaired,
+        vec![
+            "route default via 198.18.1.1 src 198.18.1.25 table 10001",
+            "rule from 198.18.1.25 lookup 10001 priority 10001",
+        ]
+    );
+    assert!(clean.is_empty(), "{clean:?}");
+    assert_plan_in_place(&ns);
+}
+
+/// One UDP round trip from `client` to `addr:port`; true when the echo came back.
+fn udp_echo_works(client: &Ns, addr: Ipv4Addr, port: u16) -> bool {
+    in_ns(&client.name, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        (0..3).any(|_| {
+            sock.send_to(b"ping", SocketAddr::from((addr, port)))
+                .unwrap();
+            matches!(sock.recv_from(&mut buf), Ok((4, _)))
+        })
+    })
+}
+
+/// An echo server bound to the ENI address inside `ns`, so replies carry that source address.
+fn start_echo(
+    ns: &Ns,
+    addr: Ipv4Addr,
+    port: u16,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let path = format!("/run/netns/{}", ns.name);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let file = File::open(&path).unwrap();
+        // SAFETY: as in `in_ns`.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let sock = UdpSocket::bind((addr, port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        while !flag.load(Ordering::SeqCst) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    ready_rx.recv().unwrap();
+    (stop, handle)
+}
+
+/// client ── router ── instance, with the router dropping packets whose source does not belong
+/// to the interface they arrive from (rp_filter=1, AWS's source/destination check). The instance
+/// has a primary interface (default route) and the ENI; a reply from the ENI address only gets
+/// through when policy routing sends it out of the ENI.
+#[test]
+fn replies_from_the_eni_address_leave_via_the_eni_only_with_policy_routing() {
+    if !is_root() {
+        return;
+    }
+    let router = Ns::new();
+    let inst = Ns::new();
+    let client = Ns::new();
+    for (k, v) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.rp_filter", "1"),
+        ("net.ipv4.conf.default.rp_filter", "1"),
+    ] {
+        router.exec(&["sysctl", "-q", "-w", &format!("{k}={v}")]);
+    }
+    // Loose or off on the instance itself, as on EC2; the plan sets the ENI to loose.
+    inst.exec(&["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0"]);
+
+    let pair = |a: &Ns, a_if: &str, b: &Ns, b_if: &str| {
+        a.ip(&[
+            "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+        ]);
+    };
+    pair(&router, "rmgmt", &inst, "eth0");
+    pair(&router, "rcli", &client, "eth0");
+    router.ip(&[
+        "link", "add", "reni", "type", "veth", "peer", "name", "nic0", "address", MAC, "netns",
+        &inst.name,
+    ]);
+    for (dev, addr) in [
+        ("rmgmt", "198.18.0.1/24"),
+        ("reni", "198.18.1.1/24"),
+        ("rcli", "198.18.2.1/24"),
+    ] {
+        router.ip(&["addr", "add", addr, "dev", dev]);
+        router.ip(&["link", "set", dev, "up"]);
+        router.exec(&[
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv4.conf.{dev}.rp_filter=1"),
+        ]);
+    }
+    inst.ip(&["addr", "add", "198.18.0.11/24", "dev", "eth0"]);
+    inst.ip(&["link", "set", "eth0", "up"]);
+    inst.ip(&["route", "add", "default", "via", "198.18.0.1"]);
+    client.ip(&["addr", "add", "198.18.2.2/24", "dev", "eth0"]);
+    client.ip(&["link", "set", "eth0", "up"]);
+    client.ip(&["route", "add", "default", "via", "198.18.2.1"]);
+
+    let report = block_in(&inst, || async {
+        NetlinkNet::new(Duration::from_secs(5)).apply(&plan()).await
+    });
+    report.unwrap();
+
+    let eni_ip = ip4("198.18.1.25");
+    let (stop, server) = start_echo(&inst, eni_ip, 7007);
+    let route_dev = |ns: &Ns| {
+        let v = ns.json(&["route", "get", "198.18.2.2", "from", "198.18.1.25"]);
+        v[0]["dev"].as_str().unwrap().to_owned()
+    };
+
+    assert_eq!(route_dev(&inst), "eni0", "the reply route uses the ENI");
+    assert!(
+        udp_echo_works(&client, eni_ip, 7007),
+        "with policy routing the client gets an answer from the ENI address"
+    );
+
+    // Negative control: without the rule the reply leaves via eth0 and the router drops it.
+    inst.ip(&[
+        "rule",
+        "del",
+        "from",
+        "198.18.1.25",
+        "lookup",
+        "10001",
+        "priority",
+        "10001",
+    ]);
+    assert_eq!(route_dev(&inst), "eth0");
+    assert!(
+        !udp_echo_works(&client, eni_ip, 7007),
+        "without the rule the router must drop the reply (source/destination check)"
+    );
+
+    // And reconcile puts it right again.
+    let repaired = block_in(&inst, || async {
+        NetlinkNet::new(Duration::from_secs(5))
+            .reconcile(&plan())
+            .await
+            .unwrap()
+            .changed
+    });
+    assert_eq!(
+        repaired,
+        vec!["rule from 198.18.1.25 lookup 10001 priority 10001"]
+    );
+    assert!(udp_echo_works(&client, eni_ip, 7007));
+
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    assert!(!inst.try_ip(&["link", "show", "nic0"]), "renamed to eni0");
+}
+
+/// Time from "link appeared" to "plan applied", median of 20 hot-plugs (printed for the notes;
+/// the assertion is only that each run applied the full plan).
+#[test]
+fn apply_latency_median_of_20() {
+    if !is_root() {
+        return;
+    }
+    let inst = Ns::new();
+    let pool = Ns::new();
+    pool.ip(&[
+        "link", "add", "nic0", "address", MAC, "type", "veth", "peer", "name", "wire0",
+    ]);
+    let inst_name = inst.name.clone();
+    let pool_name = pool.name.clone();
+    let mut took: Vec<f64> = block_in(&inst, move || async move {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let plan = plan();
+        let mut took = Vec::new();
+        for _ in 0..20 {
+            net.prepare(&plan.mac).await.unwrap();
+            sh(&[
+                "ip", "-n", &pool_name, "link", "set", "nic0", "netns", &inst_name,
+            ]);
+            let report = net.apply(&plan).await.unwrap();
+            assert!(report.changed.len() >= 8, "{:?}", report.changed);
+            let at = |label: &str| report.steps.iter().find(|s| s.label == label).unwrap().at;
+            took.push((at("net: plan applied") - at("net: link appeared")).as_secs_f64() * 1000.0);
+            net.remove(&plan).await.unwrap();
+            // Detach: back to the pool, under its original name.
+            sh(&[
+                "ip", "-n", &inst_name, "link", "set", "nic0", "netns", &pool_name,
+            ]);
+        }
+        took
+    });
+    took.sort_by(f64::total_cmp);
+    eprintln!(
+        "link appeared -> plan applied over 20 runs: median {:.2} ms, min {:.2} ms, max {:.2} ms",
+        (took[9] + took[10]) / 2.0,
+        took[0],
+        took[19]
+    );
+}
