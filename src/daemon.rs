@@ -135,9 +135,8 @@ fn build_net(settings: &Settings) -> Result<Arc<dyn HostNet>, DaemonError> {
         warn!("host network changes disabled ([testing] fake-net)");
         return Ok(Arc::new(crate::net::NoopNet));
     }
-    Err(DaemonError::Net(crate::net::NetError::new(
-        "unsupported",
-        "the netlink adapter is not part of this build",
+    Ok(Arc::new(crate::net::netlink::NetlinkNet::new(
+        settings.network.link_timeout,
     )))
 }
 
@@ -189,6 +188,9 @@ async fn host_is_shutting_down() -> bool {
 enum Done {
     Cloud(Event, Vec<Step>, Option<EniInfo>),
     Net(Event, Vec<Step>),
+    /// From the link watch while master.
+    LinkGone,
+    Drift,
 }
 
 struct Daemon {
@@ -197,7 +199,11 @@ struct Daemon {
     started: Instant,
     started_wall: SystemTime,
     cloud: Arc<dyn Cloud>,
+    net: Arc<dyn HostNet>,
     net_tx: mpsc::UnboundedSender<NetJob>,
+    /// The link watch of the current mastership; aborted when the host config is removed.
+    watch: Option<tokio::task::JoinHandle<()>>,
+    coexistence_checked: bool,
     done_tx: mpsc::UnboundedSender<Done>,
     hooks: HookHandle,
     peer: PeerLink,
@@ -213,6 +219,8 @@ struct Daemon {
 enum NetJob {
     Apply(NetPlan),
     Remove(NetPlan),
+    /// Repair drift; only while master and with `network.repair` on.
+    Reconcile(NetPlan),
 }
 
 /// The loop proper, with injected parts; returns when the core says the stop is complete.
@@ -231,7 +239,7 @@ pub async fn run_with(parts: Parts, mut stops: mpsc::Receiver<StopRequest>) {
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let (net_tx, net_rx) = mpsc::unbounded_channel();
-    tokio::spawn(net_worker(net, net_rx, done_tx.clone()));
+    tokio::spawn(net_worker(net.clone(), net_rx, done_tx.clone()));
     let (hooks, mut hook_reports) = HookRunner::spawn(settings.hooks.clone());
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Incoming>(16);
     let (ctl_stop_tx, ctl_stop_rx) = oneshot::channel::<()>();
@@ -245,7 +253,10 @@ pub async fn run_with(parts: Parts, mut stops: mpsc::Receiver<StopRequest>) {
         started,
         started_wall: SystemTime::now(),
         cloud,
+        net,
         net_tx,
+        watch: None,
+        coexistence_checked: false,
         done_tx,
         hooks,
         peer,
@@ -269,6 +280,8 @@ pub async fn run_with(parts: Parts, mut stops: mpsc::Receiver<StopRequest>) {
     let actions = d.node.start(Duration::ZERO);
     d.execute(actions).await;
     let mut stop_deadline: Option<Instant> = None;
+    let mut reconcile = tokio::time::interval(d.settings.network.reconcile_interval);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     while !d.exit {
         let now = d.now();
@@ -289,6 +302,7 @@ pub async fn run_with(parts: Parts, mut stops: mpsc::Receiver<StopRequest>) {
             Some(done) = done_rx.recv() => d.on_done(done).await,
             Some(inc) = ctl_rx.recv() => d.on_control(inc).await,
             Some(report) = hook_reports.recv() => d.on_hooks(report),
+            _ = reconcile.tick() => d.reconcile().await,
             stop = stops.recv(), if stop_deadline.is_none() => {
                 let handover = match stop {
                     None => false,
@@ -365,17 +379,34 @@ async fn net_worker(
                     Done::Net(Event::NetApplied(Ok(())), report.steps)
                 }
                 Err(e) => {
-                    warn!(error = %e, kind = e.kind, "applying the host network config failed");
+                    warn!(error = %e, kind = e.kind(), "applying the host network config failed");
                     Done::Net(Event::NetApplied(Err(e.to_string())), Vec::new())
                 }
             },
             NetJob::Remove(plan) => match net.remove(&plan).await {
-                Ok(()) => Done::Net(Event::NetRemoved(Ok(())), Vec::new()),
+                Ok(report) => {
+                    if !report.changed.is_empty() {
+                        info!(removed = ?report.changed, "host network config removed");
+                    }
+                    Done::Net(Event::NetRemoved(Ok(())), Vec::new())
+                }
                 Err(e) => {
-                    warn!(error = %e, kind = e.kind, "removing the host network config failed");
+                    warn!(error = %e, kind = e.kind(), "removing the host network config failed");
                     Done::Net(Event::NetRemoved(Err(e.to_string())), Vec::new())
                 }
             },
+            NetJob::Reconcile(plan) => {
+                match net.reconcile(&plan).await {
+                    Ok(report) if !report.changed.is_empty() => {
+                        warn!(repaired = ?report.changed, "host network drift repaired");
+                    }
+                    Ok(_) => debug!("host network config in place"),
+                    Err(e) => {
+                        warn!(error = %e, kind = e.kind(), "repairing the host network config failed")
+                    }
+                }
+                continue;
+            }
         };
         if done.send(msg).is_err() {
             return;
@@ -457,8 +488,17 @@ impl Daemon {
                     device_index: self.settings.group.device_index,
                 };
                 let cloud = self.cloud.clone();
+                let net = self.net.clone();
+                let mac = self.eni.as_ref().map(|e| e.mac.clone());
                 let done = self.done_tx.clone();
                 tokio::spawn(async move {
+                    // Listen for the hot-plugged link before asking for the attach, so a fast
+                    // hot-plug cannot happen between the attach and the wait.
+                    if let Some(mac) = mac {
+                        if let Err(e) = net.prepare(&mac).await {
+                            warn!(error = %e, "cannot listen for the ENI's link ahead of the attach");
+                        }
+                    }
                     let msg = match cloud.claim(req).await {
                         Ok(ClaimOutcome::Claimed { info, steps, .. }) => Done::Cloud(
                             Event::ClaimDone(Ok(ClaimResult::Claimed)),
@@ -515,6 +555,9 @@ impl Daemon {
             }
             Action::RemoveNet => match self.plan().await {
                 Some(plan) => {
+                    if let Some(w) = self.watch.take() {
+                        w.abort();
+                    }
                     let _ = self.net_tx.send(NetJob::Remove(plan));
                 }
                 None => {
@@ -562,11 +605,21 @@ impl Daemon {
         }
     }
 
+    fn remember_eni(&mut self, info: EniInfo) {
+        if !self.coexistence_checked && self.settings.testing.is_none() {
+            self.coexistence_checked = true;
+            for w in crate::net::coexistence_warnings(&info.mac) {
+                warn!("{w}");
+            }
+        }
+        self.eni = Some(info);
+    }
+
     /// The host network plan, from the ENI's description (fetched if not known yet).
     async fn plan(&mut self) -> Option<NetPlan> {
         if self.eni.is_none() {
             match self.cloud.describe().await {
-                Ok(info) => self.eni = Some(info),
+                Ok(info) => self.remember_eni(info),
                 Err(e) => {
                     warn!(error = %e, "cannot describe the ENI to plan the host network");
                     return None;
@@ -582,7 +635,7 @@ impl Daemon {
         match done {
             Done::Cloud(event, steps, info) => {
                 if let Some(info) = info {
-                    self.eni = Some(info);
+                    self.remember_eni(info);
                 }
                 if let Some(t) = self.timeline.as_mut() {
                     t.extend(steps);
@@ -613,8 +666,57 @@ impl Daemon {
                         t.mark("host network applied");
                     }
                 }
+                let applied = event == Event::NetApplied(Ok(()));
                 self.feed(event).await;
+                if applied && self.node.is_serving() {
+                    self.start_watch().await;
+                }
             }
+            Done::LinkGone => {
+                warn!("the ENI's interface disappeared from this host");
+                self.feed(Event::LinkLost).await;
+            }
+            Done::Drift => self.reconcile().await,
+        }
+    }
+
+    /// Watches the ENI's link while master: a vanished link is news for the core, a change to
+    /// addresses, rules or routes is drift to repair.
+    async fn start_watch(&mut self) {
+        if let Some(w) = self.watch.take() {
+            w.abort();
+        }
+        let Some(plan) = self.plan().await else {
+            return;
+        };
+        let mut rx = match self.net.watch(&plan).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the ENI's link; relying on the periodic checks");
+                return;
+            }
+        };
+        let done = self.done_tx.clone();
+        self.watch = Some(tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                let msg = match ev {
+                    crate::net::NetEvent::LinkGone => Done::LinkGone,
+                    crate::net::NetEvent::Changed => Done::Drift,
+                };
+                if done.send(msg).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+
+    /// Queues a drift repair when this node serves the address and repair is on.
+    async fn reconcile(&mut self) {
+        if !self.settings.network.repair || !self.node.is_serving() {
+            return;
+        }
+        if let Some(plan) = self.plan().await {
+            let _ = self.net_tx.send(NetJob::Reconcile(plan));
         }
     }
 
