@@ -390,9 +390,19 @@ impl Ec2Cloud {
             policy,
             aws.force_detach_grace,
         );
-        if cloud.identity.availability_zone.is_none() {
-            let me = cloud.identity.instance_id.clone();
-            cloud.identity.availability_zone = cloud.instance_az(&me, cloud.deadline()).await?;
+        // One call now resolves the credentials and opens a connection, so the first failover
+        // pays for neither. Best effort: an unreachable endpoint at start is reported by the
+        // first real operation (and by preflight), not by refusing to start.
+        let me = cloud.identity.instance_id.clone();
+        match cloud.instance_az(&me, cloud.deadline()).await {
+            Ok(Some(az)) => {
+                if cloud.identity.availability_zone.is_none() {
+                    cloud.identity.availability_zone = Some(az);
+                }
+            }
+            Ok(None) => warn!(instance_id = %me, "DescribeInstances does not know this instance"),
+            Err(e) => warn!(instance_id = %me, kind = e.kind, error = %e.message,
+                "warm-up DescribeInstances failed"),
         }
         info!(
             instance_id = %cloud.identity.instance_id,
@@ -447,10 +457,11 @@ impl Ec2Cloud {
     {
         let started = Instant::now();
         let mut retry = 0u32;
+        let mut last: Option<ApiError> = None;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(deadline_error(action, retry, started, None));
+                return Err(deadline_error(action, retry, started, last.as_ref()));
             }
             let budget = remaining.min(self.policy.attempt_timeout);
             let err = match tokio::time::timeout(budget, op()).await {
@@ -479,6 +490,7 @@ impl Ec2Cloud {
                         "EC2 call failed, retrying");
                     tokio::time::sleep(delay).await;
                     retry += 1;
+                    last = Some(err);
                 }
             }
         }
