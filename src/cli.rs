@@ -74,7 +74,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config, preflight } => config::check_command(&config, preflight),
+        Command::Check { config, preflight } => match config::check_command(&config) {
+            (code, Some(settings)) if preflight => {
+                let _ = code;
+                println!("preflight:");
+                crate::cloud::ec2::preflight_command(&settings)
+            }
+            (code, _) => code,
+        },
         Command::Keygen { path, force } => config::keygen_command(&path, force),
         Command::Run { config } => run(&config),
         Command::Role {

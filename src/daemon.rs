@@ -124,10 +124,15 @@ async fn build_cloud(settings: &Settings) -> Result<Arc<dyn Cloud>, DaemonError>
             settings.group.eni.clone(),
         )));
     }
-    Err(DaemonError::Cloud(CloudError::permanent(
-        "unsupported",
-        "the EC2 adapter is not part of this build",
-    )))
+    let ec2 = crate::cloud::ec2::Ec2Cloud::new(
+        &settings.aws,
+        settings.group.eni.clone(),
+        settings.group.device_index,
+        settings.node.instance_id.clone(),
+    )
+    .await
+    .map_err(DaemonError::Cloud)?;
+    Ok(Arc::new(ec2))
 }
 
 fn build_net(settings: &Settings) -> Result<Arc<dyn HostNet>, DaemonError> {

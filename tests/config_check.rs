@@ -53,12 +53,24 @@ fn example_config_passes_and_prints_the_summary() {
 }
 
 #[test]
-fn preflight_is_reported_unavailable() {
+fn preflight_reports_an_unreachable_cloud_as_failed_checks() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _key) = example_with_key(dir.path());
+    // Nothing listens on port 9 of loopback: every cloud check must fail, quickly and by name.
+    let body = fs::read_to_string(&config).unwrap().replace(
+        "[aws]\n",
+        "[aws]\nregion = \"us-east-1\"\nendpoint-url = \"http://127.0.0.1:9\"\n",
+    );
+    let body = body.replace("operation-timeout = \"10s\"", "operation-timeout = \"3s\"");
+    let body = body.replace(
+        "[node]\n",
+        "[node]\ninstance-id = \"i-0123456789abcdef0\"\n",
+    );
+    fs::write(&config, body).unwrap();
     let out = enipeer(&["check", "--preflight", "-c", config.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(69));
-    assert!(text(&out.stderr).contains("preflight: not available"));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("FAIL"), "{all}");
 }
 
 /// The `# expect: ...` lines at the top of a bad config.

@@ -4,6 +4,7 @@
 //!
 //! [`Cloud`] is the seam: the EC2 adapter implements it for real, [`fake`] for tests.
 
+pub mod ec2;
 pub mod fake;
 
 use std::net::Ipv4Addr;

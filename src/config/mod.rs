@@ -458,23 +458,20 @@ impl Settings {
     }
 }
 
-/// `enipeer check`: prints every problem (stderr) or a summary (stdout); returns the exit code.
-pub fn check_command(path: &Path, preflight: bool) -> i32 {
+/// `enipeer check`: prints every problem (stderr) or a summary (stdout); returns the exit code
+/// and, when valid, the settings (for `--preflight`, which the CLI runs against the cloud).
+pub fn check_command(path: &Path) -> (i32, Option<Settings>) {
     match load(path) {
         Ok(settings) => {
             print!("{}", settings.summary());
-            if preflight {
-                eprintln!("preflight: not available in this build");
-                return crate::exit::UNAVAILABLE;
-            }
-            crate::exit::OK
+            (crate::exit::OK, Some(settings))
         }
         Err(err) => {
             for line in err.lines() {
                 eprintln!("{line}");
             }
             eprintln!("enipeer: {} problem(s) in {}", err.count(), path.display());
-            crate::exit::CONFIG
+            (crate::exit::CONFIG, None)
         }
     }
 }
