@@ -292,6 +292,8 @@ pub struct Ec2Cloud {
     force_detach_grace: Duration,
     /// The ENI's subnet never changes, so its CIDR is looked up once.
     subnet_cidr: Mutex<Option<(String, Ipv4Net)>>,
+    /// Retries since the last claim or release finished, so its timeline shows them.
+    retries: Mutex<Vec<Step>>,
 }
 
 impl std::fmt::Debug for Ec2Cloud {
@@ -430,12 +432,17 @@ impl Ec2Cloud {
             policy,
             force_detach_grace,
             subnet_cidr: Mutex::new(None),
+            retries: Mutex::new(Vec::new()),
         }
     }
 
     /// The retry budget in use.
     pub fn policy(&self) -> RetryPolicy {
         self.policy
+    }
+
+    fn take_retries(&self) -> Vec<Step> {
+        std::mem::take(&mut *self.retries.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn deadline(&self) -> Instant {
@@ -488,6 +495,14 @@ impl Ec2Cloud {
                     warn!(action, kind = err.class.kind, attempt = retry + 1,
                         delay_ms = delay.as_millis() as u64, error = %err.message,
                         "EC2 call failed, retrying");
+                    self.retries
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Step::now(format!(
+                            "{action} failed ({}), retry {}",
+                            err.class.kind,
+                            retry + 1
+                        )));
                     tokio::time::sleep(delay).await;
                     retry += 1;
                     last = Some(err);
@@ -1066,11 +1081,32 @@ impl Cloud for Ec2Cloud {
     }
 
     fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, Result<ClaimOutcome, CloudError>> {
-        async move { self.claim_inner(req).await }.boxed()
+        async move {
+            self.take_retries();
+            let mut out = self.claim_inner(req).await;
+            let retried = self.take_retries();
+            match &mut out {
+                Ok(ClaimOutcome::Claimed { steps, .. }) | Ok(ClaimOutcome::HeldBy { steps, .. }) => {
+                    steps.extend(retried)
+                }
+                Err(_) => {}
+            }
+            out
+        }
+        .boxed()
     }
 
     fn release(&self) -> BoxFuture<'_, Result<ReleaseOutcome, CloudError>> {
-        async move { self.release_inner().await }.boxed()
+        async move {
+            self.take_retries();
+            let mut out = self.release_inner().await;
+            let retried = self.take_retries();
+            if let Ok(r) = &mut out {
+                r.steps.extend(retried);
+            }
+            out
+        }
+        .boxed()
     }
 }
 

@@ -214,8 +214,8 @@ fn defaults_are_applied() {
     assert_eq!(s.group.device_index, 1);
     assert!(!s.group.preempt);
     assert_eq!(s.group.preempt_delay, Duration::from_secs(30));
-    assert_eq!(s.group.hold_down, Duration::from_secs(10));
-    assert_eq!(s.group.hold_down_max, Duration::from_secs(300));
+    assert_eq!(s.group.hold_down, Duration::from_secs(30));
+    assert_eq!(s.group.hold_down_max, Duration::from_secs(600));
     assert_eq!(s.heartbeat.port, 7460);
     assert_eq!(s.heartbeat.bind.port(), 7460);
     assert_eq!(s.heartbeat.interval, Duration::from_millis(200));

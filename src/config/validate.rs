@@ -576,8 +576,8 @@ fn group(c: &mut Checker, g: &RawGroup) -> (Option<GroupSettings>, u32) {
         31,
         "(0 is the primary interface)",
     );
-    let hold_down = c.nonzero("group.hold-down", g.hold_down.as_deref(), secs(10));
-    let hold_down_max = c.nonzero("group.hold-down-max", g.hold_down_max.as_deref(), secs(300));
+    let hold_down = c.nonzero("group.hold-down", g.hold_down.as_deref(), secs(30));
+    let hold_down_max = c.nonzero("group.hold-down-max", g.hold_down_max.as_deref(), secs(600));
     if hold_down > hold_down_max {
         c.push(
             "group.hold-down",

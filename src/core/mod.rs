@@ -51,7 +51,7 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
-    /// Defaults matching the config file's, for tests.
+    /// Short, test-friendly timings (a 10 s hold-down instead of the file default of 30 s).
     pub fn example(name: &str, instance_id: &str, peers: &[(&str, Option<&str>)]) -> Self {
         CoreConfig {
             name: name.into(),

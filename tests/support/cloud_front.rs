@@ -87,8 +87,20 @@ struct State {
     delete_on_termination: HashMap<String, bool>,
 }
 
+/// An attachment change as the instance would see it: the ENI arrived (`attached`) or left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub eni: String,
+    pub instance: String,
+    pub attached: bool,
+}
+
+type ChangeHook = Arc<dyn Fn(Change) + Send + Sync>;
+
 struct Shared {
     upstream: SocketAddr,
+    /// Told when an attach or detach completes: the lab hot-plugs the ENI's link from here.
+    on_change: Mutex<Option<ChangeHook>>,
     state: Mutex<State>,
     /// Serializes attach/detach decisions against moto's state, so a race has one winner.
     decide: tokio::sync::Mutex<()>,
@@ -120,6 +132,7 @@ impl CloudFront {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
+            on_change: Mutex::new(None),
             upstream,
             state: Mutex::new(State::default()),
             decide: tokio::sync::Mutex::new(()),
@@ -179,6 +192,11 @@ impl FrontControl {
 
     pub fn clear_faults(&self) {
         self.state().faults.clear();
+    }
+
+    /// Calls `f` whenever an attach or a detach completes (after the configured delays).
+    pub fn on_change(&self, f: impl Fn(Change) + Send + Sync + 'static) {
+        *self.shared.on_change.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
     }
 
     /// How long attaches stay `attaching` and detaches `detaching`; zero is moto's instant.
@@ -763,11 +781,24 @@ async fn attach(
     }
     let resp = forward(shared.upstream, req).await?;
     if resp.status == 200 {
-        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !st.attach_delay.is_zero() {
-            let until = Instant::now() + st.attach_delay;
-            st.attaching.insert(eni, until);
-        }
+        let delay = {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let delay = st.attach_delay;
+            if !delay.is_zero() {
+                st.attaching.insert(eni.clone(), Instant::now() + delay);
+            }
+            delay
+        };
+        let change = Change {
+            eni,
+            instance,
+            attached: true,
+        };
+        let shared2 = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            notify(&shared2, change);
+        });
     }
     Ok((resp, "forwarded"))
 }
@@ -793,10 +824,10 @@ async fn detach(
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let _decide = shared.decide.lock().await;
     let enis = moto_enis(shared, req).await?;
-    let Some(eni) = enis
+    let Some((eni, holder)) = enis
         .iter()
         .find(|e| e.attachment_id.as_deref() == Some(attachment.as_str()))
-        .map(|e| e.id.clone())
+        .map(|e| (e.id.clone(), e.instance_id.clone().unwrap_or_default()))
     else {
         // Unknown attachment: moto answers InvalidAttachmentID.NotFound.
         return Ok((forward(shared.upstream, req).await?, "forwarded"));
@@ -811,6 +842,15 @@ async fn detach(
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             st.detaching.remove(&eni);
             st.attaching.remove(&eni);
+            drop(st);
+            notify(
+                shared,
+                Change {
+                    eni,
+                    instance: holder,
+                    attached: false,
+                },
+            );
         }
         return Ok((resp, if force { "forced" } else { "forwarded" }));
     }
@@ -844,11 +884,34 @@ async fn detach(
             // Whatever moto says, the transition is over: a failed forward shows up as the ENI
             // still attached, which a test would notice.
             let _ = forward(shared2.upstream, &req2).await;
-            let mut st = shared2.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.detaching.remove(&eni);
+            shared2
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .detaching
+                .remove(&eni);
+            notify(
+                &shared2,
+                Change {
+                    eni,
+                    instance: holder,
+                    attached: false,
+                },
+            );
         }
     });
     Ok((detach_ok(), "detach-pending"))
+}
+
+fn notify(shared: &Shared, change: Change) {
+    let hook = shared
+        .on_change
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(f) = hook {
+        f(change);
+    }
 }
 
 /// Rewrites moto's DescribeNetworkInterfaces answer with the front's transitional states and

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod cloud_front;
+pub mod imds;
+pub mod lab;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
