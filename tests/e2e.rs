@@ -51,7 +51,9 @@ fn jitter() -> f64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let x = (u64::from(n)).wrapping_mul(6364136223846793005).rotate_left(17);
+    let x = (u64::from(n))
+        .wrapping_mul(6364136223846793005)
+        .rotate_left(17);
     (x % 10_000) as f64 / 10_000.0
 }
 
@@ -62,7 +64,6 @@ struct Outage {
     total: Duration,
     /// Fault to node-b's takeover decision.
     detection: Duration,
-
 }
 
 /// Freezes node-a's host and cuts its primary interface; waits for node-b to serve.
@@ -80,9 +81,12 @@ fn primary_host_failure(lab: &mut Lab, dead_interval: Duration) -> (Outage, Samp
     std::thread::sleep(secs(0.3));
     let samples = probe.finish();
     let from = fault_at.saturating_duration_since(samples.start);
-    let total = samples
-        .first_from("node-b", from)
-        .unwrap_or_else(|| panic!("the client never reached node-b: {:?}", samples.samples.last()));
+    let total = samples.first_from("node-b", from).unwrap_or_else(|| {
+        panic!(
+            "the client never reached node-b: {:?}",
+            samples.samples.last()
+        )
+    });
     let failover = lab
         .role(1)
         .and_then(|r| r.last_failover)
@@ -98,14 +102,7 @@ fn primary_host_failure(lab: &mut Lab, dead_interval: Duration) -> (Outage, Samp
         samples.failed(),
         failover.render()
     );
-    (
-        Outage {
-            total,
-            detection,
-
-        },
-        samples,
-    )
+    (Outage { total, detection }, samples)
 }
 
 #[test]
@@ -122,14 +119,21 @@ fn lab_scenarios() {
     lab.reset();
     lab.start_pair(&o);
     let (outage, _) = primary_host_failure(&mut lab, secs(1.0));
-    assert_eq!(lab.holder(), Some(1), "the cloud attaches the ENI to node-b");
+    assert_eq!(
+        lab.holder(),
+        Some(1),
+        "the cloud attaches the ENI to node-b"
+    );
     assert!(outage.total < secs(10.0), "{outage:?}");
     // node-a comes back: backup, stale policy rules gone, and it does not take the ENI back.
     lab.thaw(0);
     lab.wait_for("node-a backup after thaw", secs(15.0), |l| {
-        l.role(0).is_some_and(|r| r.role == "backup" && r.peers[0].alive)
+        l.role(0)
+            .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
     });
-    lab.wait_for("node-a's stale rules removed", secs(10.0), |l| l.eni_rules(0).is_empty());
+    lab.wait_for("node-a's stale rules removed", secs(10.0), |l| {
+        l.eni_rules(0).is_empty()
+    });
     std::thread::sleep(secs(3.0));
     assert_eq!(lab.holder(), Some(1), "node-a took the ENI back");
     assert!(lab.serving(1));
@@ -140,9 +144,15 @@ fn lab_scenarios() {
     let probe = Probe::start(secs(20.0));
     std::thread::sleep(secs(0.3));
     lab.signal_agent(0, Signal::SIGKILL);
-    lab.wait_for("node-b serving", secs(20.0), |l| l.holder() == Some(1) && l.serving(1));
+    lab.wait_for("node-b serving", secs(20.0), |l| {
+        l.holder() == Some(1) && l.serving(1)
+    });
     let s = probe.finish();
-    println!("  longest gap {:?}, {} failed probes", s.longest_gap(), s.failed());
+    println!(
+        "  longest gap {:?}, {} failed probes",
+        s.longest_gap(),
+        s.failed()
+    );
     assert_eq!(s.last(), Some("node-b"));
 
     println!("3. enipeer yield, both ways");
@@ -159,7 +169,9 @@ fn lab_scenarios() {
             String::from_utf8_lossy(&out.stderr)
         );
         lab.wait_for("the new master serving", secs(10.0), |l| l.serving(to));
-        lab.wait_for("the old master backup", secs(10.0), |l| l.role_name(from) == "backup");
+        lab.wait_for("the old master backup", secs(10.0), |l| {
+            l.role_name(from) == "backup"
+        });
         std::thread::sleep(secs(0.2));
         let s = probe.finish();
         println!(
@@ -172,7 +184,10 @@ fn lab_scenarios() {
         assert_eq!(lab.holder(), Some(to));
         assert_eq!(s.last(), Some(NAMES[to]));
         assert!(
-            lab.front.calls().iter().all(|c| c.params.get("Force").map(String::as_str) != Some("true")),
+            lab.front
+                .calls()
+                .iter()
+                .all(|c| c.params.get("Force").map(String::as_str) != Some("true")),
             "an orderly handover never forces a detach"
         );
         // The gap a move needs: detach + attach + host config, no detection time.
@@ -186,12 +201,22 @@ fn lab_scenarios() {
     let probe = Probe::start(secs(20.0));
     std::thread::sleep(secs(0.3));
     lab.signal_agent(0, Signal::SIGTERM);
-    assert_eq!(lab.wait_agent(0, secs(10.0)), Some(0), "clean exit on SIGTERM");
+    assert_eq!(
+        lab.wait_agent(0, secs(10.0)),
+        Some(0),
+        "clean exit on SIGTERM"
+    );
     lab.start_agent(0);
-    lab.wait_for("node-a master again", secs(15.0), |l| l.role_name(0) == "master");
+    lab.wait_for("node-a master again", secs(15.0), |l| {
+        l.role_name(0) == "master"
+    });
     std::thread::sleep(secs(2.0));
     let s = probe.finish();
-    assert_eq!(lab.front.count("DetachNetworkInterface"), 0, "the restart moved the ENI");
+    assert_eq!(
+        lab.front.count("DetachNetworkInterface"),
+        0,
+        "the restart moved the ENI"
+    );
     assert_eq!(lab.holder(), Some(0));
     assert_eq!(s.failed(), 0, "the client saw failures during the restart");
     assert_eq!(lab.role_name(1), "backup");
@@ -227,7 +252,8 @@ fn lab_scenarios() {
         lab.start_agent(0);
         lab.start_agent(1);
         lab.wait_for("a master", secs(20.0), |l| {
-            l.holder().is_some_and(|h| l.role_name(h) == "master" && l.serving(h))
+            l.holder()
+                .is_some_and(|h| l.role_name(h) == "master" && l.serving(h))
         });
         let attaches = lab
             .front
@@ -250,6 +276,7 @@ fn lab_scenarios() {
     for _ in &rules {
         let _ = std::process::Command::new("ip")
             .args(["-n", "enpl-a", "rule", "del", "from", "198.18.1.25"])
+            .stderr(std::process::Stdio::null())
             .status();
     }
     let probe = Probe::start(secs(2.0));
@@ -263,29 +290,40 @@ fn lab_scenarios() {
     lab.wait_agent(0, secs(10.0));
     lab.write_config(0, &o);
     lab.start_agent(0);
-    lab.wait_for("node-a serving with repair on", secs(15.0), |l| l.serving(0));
+    lab.wait_for("node-a serving with repair on", secs(15.0), |l| {
+        l.serving(0)
+    });
     let probe = Probe::start(secs(10.0));
     std::thread::sleep(secs(0.3));
     let deleted = Instant::now();
     let _ = std::process::Command::new("ip")
         .args(["-n", "enpl-a", "rule", "del", "from", "198.18.1.25"])
         .status();
-    lab.wait_for("the rule repaired", secs(8.0), |l| !l.eni_rules(0).is_empty());
+    lab.wait_for("the rule repaired", secs(8.0), |l| {
+        !l.eni_rules(0).is_empty()
+    });
     std::thread::sleep(secs(0.5));
     let s = probe.finish();
-    println!("  repaired in {:?}; {} failed probes", deleted.elapsed(), s.failed());
+    println!(
+        "  repaired in {:?}; {} failed probes",
+        deleted.elapsed(),
+        s.failed()
+    );
     assert_eq!(s.last(), Some("node-a"));
 
     println!("8. cloud throttling on the first two attach attempts during a failover");
     lab.reset();
     lab.start_pair(&o);
+    lab.front.clear_calls();
     lab.front.inject(
         Some("AttachNetworkInterface"),
         support::cloud_front::Fault::Throttle,
         2,
     );
     lab.signal_agent(0, Signal::SIGKILL);
-    lab.wait_for("node-b serving", secs(30.0), |l| l.holder() == Some(1) && l.serving(1));
+    lab.wait_for("node-b serving", secs(30.0), |l| {
+        l.holder() == Some(1) && l.serving(1)
+    });
     let tl = lab
         .role(1)
         .and_then(|r| r.last_failover)
@@ -294,7 +332,10 @@ fn lab_scenarios() {
     let retries = tl
         .steps
         .iter()
-        .filter(|s| s.label.contains("AttachNetworkInterface failed (throttled)"))
+        .filter(|s| {
+            s.label
+                .contains("AttachNetworkInterface failed (throttled)")
+        })
         .count();
     assert_eq!(retries, 2, "the timeline shows both retries: {tl:?}");
     assert_eq!(
@@ -401,7 +442,8 @@ fn demo() {
     say("node-a comes back");
     lab.thaw(0);
     lab.wait_for("node-a backup", secs(15.0), |l| {
-        l.role(0).is_some_and(|r| r.role == "backup" && r.peers[0].alive)
+        l.role(0)
+            .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
     });
     for i in 0..2 {
         let out = lab.cli(i, &["role"]);

@@ -22,7 +22,11 @@ async fn identity_comes_from_imds_v2() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let imds = format!("http://{}", listener.local_addr().unwrap());
     let instance = Arc::new(std::sync::Mutex::new(lab.b.to_string()));
-    tokio::spawn(support::imds::serve(listener, instance, unauthorized.clone()));
+    tokio::spawn(support::imds::serve(
+        listener,
+        instance,
+        unauthorized.clone(),
+    ));
     // The only test in this binary: nothing else reads the environment concurrently.
     std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds);
 

@@ -1086,9 +1086,8 @@ impl Cloud for Ec2Cloud {
             let mut out = self.claim_inner(req).await;
             let retried = self.take_retries();
             match &mut out {
-                Ok(ClaimOutcome::Claimed { steps, .. }) | Ok(ClaimOutcome::HeldBy { steps, .. }) => {
-                    steps.extend(retried)
-                }
+                Ok(ClaimOutcome::Claimed { steps, .. })
+                | Ok(ClaimOutcome::HeldBy { steps, .. }) => steps.extend(retried),
                 Err(_) => {}
             }
             out

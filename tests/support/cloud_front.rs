@@ -196,7 +196,11 @@ impl FrontControl {
 
     /// Calls `f` whenever an attach or a detach completes (after the configured delays).
     pub fn on_change(&self, f: impl Fn(Change) + Send + Sync + 'static) {
-        *self.shared.on_change.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+        *self
+            .shared
+            .on_change
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
     }
 
     /// How long attaches stay `attaching` and detaches `detaching`; zero is moto's instant.

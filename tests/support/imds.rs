@@ -58,12 +58,13 @@ pub async fn serve(
                     ("GET", p) if token.as_deref() == Some(TOKEN) => match p {
                         "/latest/meta-data/instance-id" => (
                             200,
-                            instance_id.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                            instance_id
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .clone(),
                             "",
                         ),
-                        "/latest/meta-data/placement/availability-zone" => {
-                            (200, AZ.to_owned(), "")
-                        }
+                        "/latest/meta-data/placement/availability-zone" => (200, AZ.to_owned(), ""),
                         "/latest/meta-data/placement/region" => (200, REGION.to_owned(), ""),
                         _ => (404, String::new(), ""),
                     },

@@ -203,7 +203,13 @@ fn enter_ns(path: &Path) {
     let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     // SAFETY: setns on a valid namespace fd affects only the calling thread.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setns {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// The MAC-addressed ENI link's name in `ns`, if it is there.
@@ -217,7 +223,8 @@ fn link_by_mac(ns: &str, mac: &str) -> Option<String> {
         .ok()?;
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     links.as_array()?.iter().find_map(|l| {
-        (l.get("address")?.as_str()? == mac).then(|| l.get("ifname")?.as_str().map(str::to_owned))?
+        (l.get("address")?.as_str()? == mac)
+            .then(|| l.get("ifname")?.as_str().map(str::to_owned))?
     })
 }
 
@@ -225,7 +232,7 @@ fn link_by_mac(ns: &str, mac: &str) -> Option<String> {
 
 enum Cmd {
     Reseed(mpsc::Sender<Result<Seeded, String>>),
-    Holder(mpsc::Sender<Result<Option<String>, String>>),
+    Holder(String, mpsc::Sender<Result<Option<String>, String>>),
 }
 
 #[derive(Debug, Clone)]
@@ -276,9 +283,10 @@ impl CloudThread {
                         Cmd::Reseed(reply) => {
                             let _ = reply.send(Ok(reseed(&ec2, moto, true).await));
                         }
-                        Cmd::Holder(reply) => {
+                        Cmd::Holder(eni, reply) => {
                             let r = ec2
                                 .describe_network_interfaces()
+                                .network_interface_ids(eni)
                                 .send()
                                 .await
                                 .map_err(|e| format!("{e:?}"))
@@ -387,7 +395,11 @@ impl HotPlug {
             }
             let _order = this.order.lock().unwrap_or_else(|e| e.into_inner());
             let mac = this.mac.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let (from, to) = if c.attached { (NS_POOL, ns) } else { (ns, NS_POOL) };
+            let (from, to) = if c.attached {
+                (NS_POOL, ns)
+            } else {
+                (ns, NS_POOL)
+            };
             // A detach's move may still be on its way: wait (bounded) for the link.
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
@@ -457,7 +469,10 @@ impl Lab {
         let dir = PathBuf::from(STATE_DIR);
         std::fs::create_dir_all(&dir).expect("lab state dir");
         build_topology();
-        let ids = [Arc::new(Mutex::new(String::new())), Arc::new(Mutex::new(String::new()))];
+        let ids = [
+            Arc::new(Mutex::new(String::new())),
+            Arc::new(Mutex::new(String::new())),
+        ];
         let (cloud, front, seeded) = CloudThread::start(ids.clone());
         let (attach, detach, hot) = profile.delays();
         front.set_delays(attach, detach);
@@ -532,7 +547,17 @@ impl Lab {
         for a in [ENI_IP, ENI_SECONDARY_IP] {
             ip(
                 NS_RT,
-                &["neigh", "replace", &a.to_string(), "lladdr", &s.mac, "dev", "br-eni", "nud", "permanent"],
+                &[
+                    "neigh",
+                    "replace",
+                    &a.to_string(),
+                    "lladdr",
+                    &s.mac,
+                    "dev",
+                    "br-eni",
+                    "nud",
+                    "permanent",
+                ],
             );
         }
         self.seeded = s;
@@ -540,7 +565,12 @@ impl Lab {
 
     /// Moves the ENI's link back to the pool namespace, wherever it is; returns its name there.
     fn park_eni(&self) -> String {
-        let old = self.hotplug.mac.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let old = self
+            .hotplug
+            .mac
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for ns in NS_NODES {
             for mac in [old.as_str(), self.seeded.mac.as_str()] {
                 if let Some(dev) = link_by_mac(ns, mac) {
@@ -611,7 +641,11 @@ impl Lab {
         let pidfile = self.dir.join(format!("nginx-{}.pid", self.nodes[i].name));
         let deadline = Instant::now() + Duration::from_secs(5);
         while !pidfile.exists() {
-            assert!(Instant::now() < deadline, "nginx on {} did not start", self.nodes[i].name);
+            assert!(
+                Instant::now() < deadline,
+                "nginx on {} did not start",
+                self.nodes[i].name
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -765,11 +799,29 @@ restart-grace = "10s"
         let rules = "table bridge enpl_part {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    udp dport 7460 drop\n  }\n}\n";
         let f = self.dir.join("partition.nft");
         std::fs::write(&f, rules).expect("nft file");
-        sh(&["ip", "netns", "exec", NS_RT, "nft", "-f", f.to_str().expect("utf-8")]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            NS_RT,
+            "nft",
+            "-f",
+            f.to_str().expect("utf-8"),
+        ]);
     }
 
     pub fn heal_partition(&self) {
-        sh_quiet(&["ip", "netns", "exec", NS_RT, "nft", "delete", "table", "bridge", "enpl_part"]);
+        sh_quiet(&[
+            "ip",
+            "netns",
+            "exec",
+            NS_RT,
+            "nft",
+            "delete",
+            "table",
+            "bridge",
+            "enpl_part",
+        ]);
     }
 
     /// What the cloud says: the instance the ENI is attached to, as a node index.
@@ -778,7 +830,7 @@ restart-grace = "10s"
             .cloud
             .as_ref()
             .expect("cloud")
-            .call(Cmd::Holder)
+            .call(|tx| Cmd::Holder(self.seeded.eni.clone(), tx))
             .expect("describe");
         id.and_then(|id| self.seeded.instances.iter().position(|x| *x == id))
     }
@@ -801,7 +853,9 @@ restart-grace = "10s"
     }
 
     pub fn role_name(&self, i: usize) -> String {
-        self.role(i).map(|r| r.role).unwrap_or_else(|| "down".into())
+        self.role(i)
+            .map(|r| r.role)
+            .unwrap_or_else(|| "down".into())
     }
 
     /// The policy rules in a node's namespace that point the ENI's addresses at a table.
@@ -818,7 +872,12 @@ restart-grace = "10s"
     }
 
     /// Waits until `f` holds; panics with both agents' logs otherwise.
-    pub fn wait_for(&self, what: &str, within: Duration, mut f: impl FnMut(&Lab) -> bool) -> Duration {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        mut f: impl FnMut(&Lab) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         while start.elapsed() < within {
             if f(self) {
@@ -842,10 +901,17 @@ restart-grace = "10s"
             l.role(0).is_some_and(|r| r.role == "master") && l.serving(0)
         });
         self.start_agent(1);
-        self.wait_for("node-b backup and both hear each other", Duration::from_secs(20), |l| {
-            l.role(1).is_some_and(|r| r.role == "backup" && r.peers[0].alive)
-                && l.role(0).is_some_and(|r| r.peers[0].alive)
-        });
+        self.wait_for(
+            "node-b backup and both hear each other",
+            Duration::from_secs(20),
+            |l| {
+                let heard = |r: &enipeer::report::RoleReport| {
+                    r.peers[0].alive && r.peers[0].last_heard_ms_ago.is_some()
+                };
+                l.role(1).is_some_and(|r| r.role == "backup" && heard(&r))
+                    && l.role(0).is_some_and(|r| heard(&r))
+            },
+        );
     }
 
     /// True once the node answers through the EIP.
@@ -912,7 +978,9 @@ fn build_topology() {
         r(&["link", "set", br, "up"]);
     }
     // The client sits on the "internet", in a /25 that does not contain the EIP.
-    r(&["link", "add", "rt-cli", "type", "veth", "peer", "name", "eth0", "netns", NS_CLI]);
+    r(&[
+        "link", "add", "rt-cli", "type", "veth", "peer", "name", "eth0", "netns", NS_CLI,
+    ]);
     r(&["addr", "add", "203.0.113.129/25", "dev", "rt-cli"]);
     r(&["link", "set", "rt-cli", "up"]);
     ip(NS_CLI, &["addr", "add", "203.0.113.130/25", "dev", "eth0"]);
@@ -923,18 +991,27 @@ fn build_topology() {
         ("m-a", "enpl-a", "198.18.0.11/24"),
         ("m-b", "enpl-b", "198.18.0.12/24"),
     ] {
-        r(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+        r(&[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ]);
         r(&["link", "set", port, "master", "br-mgmt", "up"]);
         ip(ns, &["addr", "add", addr, "dev", "eth0"]);
         ip(ns, &["link", "set", "eth0", "up"]);
         ip(ns, &["route", "add", "default", "via", "198.18.0.1"]);
     }
-    r(&["link", "add", "e-eni1", "type", "veth", "peer", "name", ENI_LINK, "netns", NS_POOL]);
+    r(&[
+        "link", "add", "e-eni1", "type", "veth", "peer", "name", ENI_LINK, "netns", NS_POOL,
+    ]);
     r(&["link", "set", "e-eni1", "master", "br-eni", "up"]);
     // Forwarding, and AWS's source/destination check as strict reverse-path filtering: a reply
     // from the ENI's address that arrives over the management bridge is dropped.
     sh(&[
-        "ip", "netns", "exec", NS_RT, "sysctl", "-qw",
+        "ip",
+        "netns",
+        "exec",
+        NS_RT,
+        "sysctl",
+        "-qw",
         "net.ipv4.ip_forward=1",
         "net.ipv4.conf.all.rp_filter=1",
         "net.ipv4.conf.default.rp_filter=1",
@@ -946,7 +1023,15 @@ fn build_topology() {
     );
     let f = Path::new(STATE_DIR).join("eip.nft");
     std::fs::write(&f, nft).expect("nft file");
-    sh(&["ip", "netns", "exec", NS_RT, "nft", "-f", f.to_str().expect("utf-8")]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        NS_RT,
+        "nft",
+        "-f",
+        f.to_str().expect("utf-8"),
+    ]);
 }
 
 /// One HTTP GET through the EIP from the current namespace; the node name that answered.
