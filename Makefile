@@ -1,7 +1,7 @@
 # enipeer: common tasks. `make test` is what CI runs (see .ci/run).
 CARGO ?= cargo
 
-.PHONY: all build release test lint fmt fuzz clean-lab
+.PHONY: all build release test lint fmt fuzz clean-lab assets deb rpm packages package-test demo measure
 
 all: build
 
@@ -26,3 +26,52 @@ fmt:
 ## Fuzz the heartbeat decoder (needs cargo-fuzz; nightly features via RUSTC_BOOTSTRAP).
 fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run wire_decode -- -max_total_time=60
+
+## Packages. One release build feeds both; the man pages and completions are generated from the
+## CLI definition by the release binary itself. Output: target/packages/*.deb, *.rpm.
+## Needs cargo-deb and cargo-generate-rpm (`cargo install --locked cargo-deb cargo-generate-rpm`).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+ASSETS := target/assets
+PACKAGES := target/packages
+
+assets: release
+	rm -rf $(ASSETS)
+	$(TARGET_DIR)/release/enipeer generate-assets $(ASSETS) >/dev/null
+	gzip -9n $(ASSETS)/man/*.1
+
+deb: assets
+	mkdir -p $(PACKAGES)
+	rm -f $(PACKAGES)/*.deb
+	$(CARGO) deb --no-build --no-strip --output $(PACKAGES)/
+
+rpm: assets
+	mkdir -p $(PACKAGES)
+	rm -f $(PACKAGES)/*.rpm
+	$(CARGO) generate-rpm --output $(PACKAGES)/
+
+packages: deb rpm
+
+## Builds both packages, checks their contents and metadata, installs the .deb and exercises it
+## (needs root, dpkg, rpm, man-db and systemd-analyze; .ci/run installs them).
+package-test:
+	packaging/test-packages.sh
+
+## The lab demo: a whole Availability Zone on this machine, a failover and a yield, narrated.
+## Needs root; installs nginx, nftables and moto when missing.
+demo:
+	@[ "$$(id -u)" -eq 0 ] || { echo "make demo needs root: it creates network namespaces"; exit 1; }
+	@command -v nginx >/dev/null && command -v nft >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends nginx-light nftables iproute2; }
+	@bash tests/install-moto.sh
+	$(CARGO) test --quiet --test e2e demo -- --ignored --nocapture
+
+## Failover figures for the primary-host failure (ENIPEER_LAB_RUNS, ENIPEER_LAB_PROFILE,
+## ENIPEER_LAB_FAST=1 for 50 ms / 250 ms heartbeats). Needs root.
+measure:
+	$(CARGO) test --quiet --test e2e measure -- --ignored --nocapture
+
+## Removes a lab left behind by a killed run (its namespaces, and what runs in them).
+clean-lab:
+	for ns in enpl-rt enpl-cloud enpl-a enpl-b enpl-cli enpl-pool; do \
+		ip netns pids $$ns 2>/dev/null | xargs -r kill -9; ip netns del $$ns 2>/dev/null; done; true

@@ -1,4 +1,8 @@
 //! The command line: subcommands and their dispatch. Each subcommand returns an exit code.
+//! [`Cli`] is the public interface, which the man pages and completions document; the binary
+//! parses it together with hidden build-time helpers (see [`assets`]).
+
+pub mod assets;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -8,15 +12,32 @@ use clap::{Parser, Subcommand};
 use crate::config;
 use crate::control::{self, Request, Response};
 
+const ABOUT: &str = "Failover agent for AWS EC2: moves a secondary ENI between two instances";
+
+/// The public command line, as documented in `enipeer(1)` and the shell completions.
 #[derive(Debug, Parser)]
-#[command(
-    name = "enipeer",
-    version,
-    about = "Failover agent for AWS EC2: moves a secondary ENI between two instances"
-)]
+#[command(name = "enipeer", version, about = ABOUT)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// What the binary parses: [`Cli`] plus hidden helpers. Kept apart from [`Cli`] because
+/// clap_complete lists hidden subcommands too, and the packages must not advertise them.
+#[derive(Debug, Parser)]
+#[command(name = "enipeer", version, about = ABOUT)]
+struct Invocation {
+    #[command(subcommand)]
+    command: Hidden,
+}
+
+#[derive(Debug, Subcommand)]
+enum Hidden {
+    #[command(flatten)]
+    Public(Command),
+    /// Write the man pages and shell completions into DIR (used when building the packages).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +50,7 @@ pub enum Command {
     },
     /// Check a config file: list every problem, or print a summary. Exits 78 when invalid.
     Check {
+        /// Config file.
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
         /// Also check the cloud side: the ENI, its AZ, IAM permissions (DryRun), the peers.
@@ -37,6 +59,7 @@ pub enum Command {
     },
     /// Show this node's role, its peers, the ENI holder and the last failover.
     Role {
+        /// Config file (read for `control.socket`).
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
         /// Control socket (overrides the config's `control.socket`).
@@ -48,8 +71,10 @@ pub enum Command {
     },
     /// Hand the ENI to the peer on purpose (on the master). Exits 0 once the peer is master.
     Yield {
+        /// Config file (read for `control.socket`).
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// Control socket (overrides the config's `control.socket`).
         #[arg(short, long)]
         socket: Option<PathBuf>,
         /// How long to wait for the peer to become master before taking the ENI back.
@@ -72,11 +97,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn main() -> i32 {
-    let cli = Cli::parse();
-    match cli.command {
+    let command = match Invocation::parse().command {
+        Hidden::GenerateAssets { dir } => return assets::generate_command(&dir),
+        Hidden::Public(command) => command,
+    };
+    match command {
         Command::Check { config, preflight } => match config::check_command(&config) {
-            (code, Some(settings)) if preflight => {
-                let _ = code;
+            (crate::exit::OK, Some(settings)) if preflight => {
                 println!("preflight:");
                 crate::cloud::ec2::preflight_command(&settings)
             }

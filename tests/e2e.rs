@@ -445,9 +445,9 @@ fn demo() {
         l.role(0)
             .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
     });
-    for i in 0..2 {
+    for (i, name) in NAMES.iter().enumerate() {
         let out = lab.cli(i, &["role"]);
-        say(&format!("enipeer role on {}:", NAMES[i]));
+        say(&format!("enipeer role on {name}:"));
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     say("enipeer yield on node-b: hand the address back to node-a");

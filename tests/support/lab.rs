@@ -532,8 +532,8 @@ impl Lab {
         {
             let mut m = self.hotplug.ns_of.lock().unwrap_or_else(|e| e.into_inner());
             m.clear();
-            for i in 0..2 {
-                m.insert(s.instances[i].clone(), NS_NODES[i]);
+            for (id, ns) in s.instances.iter().zip(NS_NODES) {
+                m.insert(id.clone(), ns);
             }
         }
         *self.hotplug.mac.lock().unwrap_or_else(|e| e.into_inner()) = s.mac.clone();
