@@ -391,6 +391,22 @@ fn measure() {
         println!("run {}", run + 1);
         lab.reset();
         lab.start_pair(&o);
+        if run == 0 {
+            // Idle footprint of both agents, after start-up, before the failure.
+            std::thread::sleep(secs(2.0));
+            for (i, name) in NAMES.iter().enumerate() {
+                let rss = lab
+                    .agent_pid(i)
+                    .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+                    .and_then(|s| {
+                        s.lines()
+                            .find(|l| l.starts_with("VmRSS:"))
+                            .map(|l| l.trim_start_matches("VmRSS:").trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                println!("  idle RSS of {name}: {rss}");
+            }
+        }
         let (out, _) = primary_host_failure(&mut lab, dead);
         total.push(out.total);
         detect.push(out.detection);
