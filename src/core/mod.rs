@@ -1441,22 +1441,21 @@ impl Node {
     /// The best live candidate for the ENI among this node and its peers, `except` one.
     fn best_candidate(&self, now: Time, except: Option<&str>) -> Option<String> {
         let me_ok = !matches!(self.state, State::Fault { .. }) && self.stopping.is_none();
-        let mut best: Option<(u8, &str)> =
-            me_ok.then_some((self.cfg.priority, self.cfg.name.as_str()));
-        for p in self.peers.values() {
-            if Some(p.name.as_str()) == except || !self.peer_candidate(p, now) {
-                continue;
-            }
-            let prio = p.advert.as_ref().map_or(0, |a| a.priority);
-            if best.is_none_or(|(bp, bn)| better(prio, &p.name, bp, bn)) {
-                best = Some((prio, &p.name));
-            }
-        }
+        let me = me_ok.then_some((self.cfg.priority, self.cfg.name.as_str()));
+        let best = match (me, self.best_peer_entry(now, except)) {
+            (Some(m), Some(p)) if better(p.0, p.1, m.0, m.1) => Some(p),
+            (Some(m), _) => Some(m),
+            (None, p) => p,
+        };
         best.map(|(_, n)| n.to_string())
     }
 
     /// The best peer (not this node) to hand the ENI to.
     fn best_peer(&self, now: Time, except: Option<&str>) -> Option<String> {
+        self.best_peer_entry(now, except).map(|(_, n)| n.to_string())
+    }
+
+    fn best_peer_entry(&self, now: Time, except: Option<&str>) -> Option<(u8, &str)> {
         let mut best: Option<(u8, &str)> = None;
         for p in self.peers.values() {
             if Some(p.name.as_str()) == except || !self.peer_candidate(p, now) {
@@ -1467,7 +1466,7 @@ impl Node {
                 best = Some((prio, &p.name));
             }
         }
-        best.map(|(_, n)| n.to_string())
+        best
     }
 
     /// Which peer an instance id belongs to. With one peer whose id is not known yet, an
