@@ -1452,7 +1452,8 @@ impl Node {
 
     /// The best peer (not this node) to hand the ENI to.
     fn best_peer(&self, now: Time, except: Option<&str>) -> Option<String> {
-        self.best_peer_entry(now, except).map(|(_, n)| n.to_string())
+        self.best_peer_entry(now, except)
+            .map(|(_, n)| n.to_string())
     }
 
     fn best_peer_entry(&self, now: Time, except: Option<&str>) -> Option<(u8, &str)> {
