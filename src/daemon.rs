@@ -214,6 +214,9 @@ struct Daemon {
     peer: PeerLink,
     instance_id: InstanceId,
     eni: Option<EniInfo>,
+    /// The plan last sent to be applied: what a removal must take away even if the ENI's
+    /// description changed since.
+    applied: Option<NetPlan>,
     pending_yields: HashMap<u64, oneshot::Sender<Response>>,
     next_token: u64,
     timeline: Option<Timeline>,
@@ -223,7 +226,9 @@ struct Daemon {
 
 enum NetJob {
     Apply(NetPlan),
-    Remove(NetPlan),
+    /// Every plan that may be on the host: the applied one and the current one, when the ENI's
+    /// addresses changed in between.
+    Remove(Vec<NetPlan>),
     /// Repair drift; only while master and with `network.repair` on.
     Reconcile(NetPlan),
 }
@@ -267,6 +272,7 @@ pub async fn run_with(parts: Parts, mut stops: mpsc::Receiver<StopRequest>) {
         peer,
         instance_id,
         eni: None,
+        applied: None,
         pending_yields: HashMap::new(),
         next_token: 1,
         timeline: None,
@@ -285,6 +291,7 @@ pub async fn run_with(parts: Parts, mut stops: mpsc::Receiver<StopRequest>) {
     let actions = d.node.start(Duration::ZERO);
     d.execute(actions).await;
     let mut stop_deadline: Option<Instant> = None;
+    let (stop_tx, mut stop_rx) = mpsc::channel::<bool>(1);
     let mut reconcile = tokio::time::interval(d.settings.network.reconcile_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -309,18 +316,24 @@ pub async fn run_with(parts: Parts, mut stops: mpsc::Receiver<StopRequest>) {
             Some(report) = hook_reports.recv() => d.on_hooks(report),
             _ = reconcile.tick() => d.reconcile().await,
             stop = stops.recv(), if stop_deadline.is_none() => {
-                let handover = match stop {
-                    None => false,
-                    Some(StopRequest::Term) => match d.settings.stop.mode {
-                        StopMode::Hold => false,
-                        StopMode::Handover => true,
-                        StopMode::Auto => host_is_shutting_down().await,
-                    },
-                };
-                info!(handover, "stop requested");
+                let mode = d.settings.stop.mode;
+                let tx = stop_tx.clone();
+                // Asking systemd can take a while on a busy host; the loop keeps heartbeating
+                // meanwhile, or the peer would take a silent master for dead.
+                tokio::spawn(async move {
+                    let handover = match (stop, mode) {
+                        (None, _) | (_, StopMode::Hold) => false,
+                        (_, StopMode::Handover) => true,
+                        (_, StopMode::Auto) => host_is_shutting_down().await,
+                    };
+                    let _ = tx.send(handover).await;
+                });
                 sd_notify("STOPPING=1");
                 // Bound the stop: a handover that hangs must not keep the host from going down.
-                stop_deadline = Some(Instant::now() + d.settings.stop.handover_timeout + Duration::from_secs(2));
+                stop_deadline = Some(Instant::now() + d.settings.stop.handover_timeout + Duration::from_secs(4));
+            }
+            Some(handover) = stop_rx.recv() => {
+                info!(handover, "stop requested");
                 d.feed(Event::Stop { handover }).await;
             }
             _ = tokio::time::sleep_until(hard_stop), if stop_deadline.is_some() => {
@@ -388,18 +401,22 @@ async fn net_worker(
                     Done::Net(Event::NetApplied(Err(e.to_string())), Vec::new())
                 }
             },
-            NetJob::Remove(plan) => match net.remove(&plan).await {
-                Ok(report) => {
-                    if !report.changed.is_empty() {
-                        info!(removed = ?report.changed, "host network config removed");
+            NetJob::Remove(plans) => {
+                let mut result = Ok(());
+                for plan in &plans {
+                    match net.remove(plan).await {
+                        Ok(report) if !report.changed.is_empty() => {
+                            info!(removed = ?report.changed, "host network config removed");
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(error = %e, kind = e.kind(), "removing the host network config failed");
+                            result = Err(e.to_string());
+                        }
                     }
-                    Done::Net(Event::NetRemoved(Ok(())), Vec::new())
                 }
-                Err(e) => {
-                    warn!(error = %e, kind = e.kind(), "removing the host network config failed");
-                    Done::Net(Event::NetRemoved(Err(e.to_string())), Vec::new())
-                }
-            },
+                Done::Net(Event::NetRemoved(result), Vec::new())
+            }
             NetJob::Reconcile(plan) => {
                 match net.reconcile(&plan).await {
                     Ok(report) if !report.changed.is_empty() => {
@@ -546,6 +563,7 @@ impl Daemon {
                 }
                 match self.plan().await {
                     Some(plan) => {
+                        self.applied = Some(plan.clone());
                         let _ = self.net_tx.send(NetJob::Apply(plan));
                     }
                     None => {
@@ -563,7 +581,13 @@ impl Daemon {
                     if let Some(w) = self.watch.take() {
                         w.abort();
                     }
-                    let _ = self.net_tx.send(NetJob::Remove(plan));
+                    let mut plans = vec![plan];
+                    if let Some(applied) = self.applied.take() {
+                        if applied != plans[0] {
+                            plans.insert(0, applied);
+                        }
+                    }
+                    let _ = self.net_tx.send(NetJob::Remove(plans));
                 }
                 None => {
                     // Never configured anything here: nothing to remove.
@@ -606,7 +630,16 @@ impl Daemon {
                     let _ = tx.send(resp);
                 }
             }
-            Action::Exit => self.exit = true,
+            Action::Exit => {
+                // The last heartbeat says "stopping" (and for how long); one lost datagram would
+                // make the peer wait only the dead interval, so say it a few times.
+                let advert = self.node.advert();
+                for _ in 0..2 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = self.peer.send(&advert).await;
+                }
+                self.exit = true;
+            }
         }
     }
 

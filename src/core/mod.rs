@@ -314,6 +314,9 @@ pub struct Node {
     holder: HolderBelief,
     cloud_checked: Option<Time>,
     query_pending: bool,
+    /// The pending query was sent before something that changes the answer (a claim, a
+    /// release, a lost link): its answer is discarded and the query sent again.
+    query_stale: bool,
     /// When the next cloud query may be sent (retry backoff in Starting, verify while master).
     next_query: Time,
     next_heartbeat: Time,
@@ -372,6 +375,7 @@ impl Node {
             holder: HolderBelief::Unknown,
             cloud_checked: None,
             query_pending: false,
+            query_stale: false,
             next_query: now,
             next_heartbeat: now,
             hold_down_until: now,
@@ -586,6 +590,29 @@ impl Node {
     // ---- transitions ----
 
     fn transition(&mut self, to: State, reason: String, now: Time, out: &mut Vec<Action>) {
+        // A handover in progress that this transition does not carry on must still be answered.
+        let running = match &self.state {
+            State::Master {
+                yielding: Some(op), ..
+            }
+            | State::Releasing {
+                purpose: ReleasePurpose::Yield(op),
+                ..
+            } => Some(op.clone()),
+            _ => None,
+        };
+        if let Some(op) = running {
+            let carried = matches!(&to, State::Releasing { purpose: ReleasePurpose::Yield(o), .. } if o.id == op.id)
+                || self.yield_watch.as_ref().is_some_and(|w| w.op.id == op.id);
+            if !carried {
+                if let Some(token) = op.token {
+                    out.push(Action::Reply {
+                        token,
+                        result: Err(format!("handover interrupted: {reason}")),
+                    });
+                }
+            }
+        }
         let from = self.state.role();
         let to_role = to.role();
         self.state = to;
@@ -615,7 +642,12 @@ impl Node {
         self.wants_master = false;
         self.preempt_since = None;
         self.accepted = None;
-        self.yield_watch = None;
+        if let Some(token) = self.yield_watch.take().and_then(|w| w.op.token) {
+            out.push(Action::Reply {
+                token,
+                result: Err("the ENI came back to this node before the peer took over".into()),
+            });
+        }
         self.next_query = now + self.cfg.verify_interval;
         self.transition(
             State::Master {
@@ -635,18 +667,8 @@ impl Node {
 
     /// Lost the ENI while master: stop serving now, hold off from claiming it back.
     fn step_down(&mut self, reason: String, now: Time, out: &mut Vec<Action>) {
-        if let State::Master {
-            yielding: Some(op), ..
-        } = &self.state
-        {
-            if let Some(token) = op.token {
-                out.push(Action::Reply {
-                    token,
-                    result: Err(format!("lost the ENI during the handover: {reason}")),
-                });
-            }
-        }
         self.start_hold_down(now);
+        self.invalidate_cloud_answer();
         out.push(Action::RemoveNet);
         self.transition(State::Backup, reason.clone(), now, out);
         out.push(Action::RunHooks {
@@ -692,6 +714,13 @@ impl Node {
         }
     }
 
+    /// The attachment may have changed since the pending query was sent.
+    fn invalidate_cloud_answer(&mut self) {
+        if self.query_pending {
+            self.query_stale = true;
+        }
+    }
+
     // ---- events ----
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<Action>) {
@@ -715,6 +744,7 @@ impl Node {
                         );
                     } else {
                         let best = self.best_candidate(now, None).unwrap_or_default();
+                        out.push(Action::RemoveNet);
                         self.transition(
                             State::Backup,
                             format!("nobody holds the ENI; {best} is the better candidate"),
@@ -974,6 +1004,11 @@ impl Node {
 
     fn on_cloud_state(&mut self, r: Result<CloudView, Failure>, now: Time, out: &mut Vec<Action>) {
         self.query_pending = false;
+        if std::mem::take(&mut self.query_stale) {
+            // Asked before the last claim, release or lost link: the answer may predate it.
+            self.query_cloud(out);
+            return;
+        }
         let view = match r {
             Ok(v) => v,
             Err(f) => {
@@ -1009,6 +1044,8 @@ impl Node {
             }
             (State::Starting { .. }, CloudView::Holder(i)) => {
                 let who = self.peer_by_instance(&i).unwrap_or(i);
+                // An earlier run of this node may have been master: clear its host config.
+                out.push(Action::RemoveNet);
                 self.transition(State::Backup, format!("{who} holds the ENI"), now, out);
                 out.push(Action::RunHooks {
                     kind: HookKind::Backup,
@@ -1024,6 +1061,10 @@ impl Node {
                 self.step_down(format!("the cloud says {who} holds the ENI now"), now, out);
             }
             (State::Master { .. }, CloudView::Nobody) => {
+                // Detached from under us (an operator, or a peer's forced takeover still in its
+                // `detaching` phase): count it as a loss, then race for it without force; the
+                // claim's compare-and-swap settles a race with the peer.
+                self.start_hold_down(now);
                 out.push(Action::RemoveNet);
                 self.claim(
                     None,
@@ -1050,6 +1091,7 @@ impl Node {
         let State::Claiming { kind } = self.state else {
             return;
         };
+        self.invalidate_cloud_answer();
         match r {
             Ok(ClaimResult::Claimed) => {
                 self.become_master(format!("claimed the ENI ({})", kind.as_str()), now, out);
@@ -1108,6 +1150,7 @@ impl Node {
         let State::Releasing { purpose, .. } = self.state.clone() else {
             return;
         };
+        self.invalidate_cloud_answer();
         match (purpose, r) {
             (ReleasePurpose::Yield(op), Ok(())) => {
                 self.holder = HolderBelief::Nobody;
@@ -1121,12 +1164,7 @@ impl Node {
                 );
             }
             (ReleasePurpose::Yield(op), Err(f)) => {
-                if let Some(token) = op.token {
-                    out.push(Action::Reply {
-                        token,
-                        result: Err(format!("release failed: {}", f.message)),
-                    });
-                }
+                // The reply goes out with the transition below (an interrupted handover).
                 // Where the ENI is now is unknown: ask the cloud and adopt it if still here.
                 self.holder = HolderBelief::Unknown;
                 self.next_query = now;
@@ -1225,6 +1263,7 @@ impl Node {
                 out,
             );
             self.holder = HolderBelief::Unknown;
+            self.invalidate_cloud_answer();
             self.query_cloud(out);
         }
     }
@@ -1345,9 +1384,13 @@ impl Node {
 
     /// The backup's decision to take the ENI.
     fn maybe_claim(&mut self, now: Time, out: &mut Vec<Action>) {
-        if now < self.hold_down_until || now < self.claim_retry_at || self.accepted.is_some() {
+        if now < self.claim_retry_at || self.accepted.is_some() {
             return;
         }
+        // The hold-down only stops forced takeovers (the one move a heartbeat partition can
+        // repeat); a detached ENI is claimed at once by the best candidate, so an operator's
+        // detach or a lost link does not leave the address unserved for the hold-down.
+        let holding_down = now < self.hold_down_until;
         match self.holder.clone() {
             HolderBelief::Unknown => {
                 if !self.query_pending && now >= self.next_query {
@@ -1378,6 +1421,9 @@ impl Node {
                 );
             }
             HolderBelief::Instance(i) => {
+                if holding_down {
+                    return;
+                }
                 let Some(holder) = self.peer_by_instance(&i) else {
                     // Not one of ours: never take an ENI from an instance we know nothing of.
                     return;
@@ -1492,7 +1538,11 @@ impl Node {
     }
 
     fn expire_yield_side(&mut self, now: Time, out: &mut Vec<Action>) {
-        if self.accepted.as_ref().is_some_and(|a| now >= a.deadline) {
+        if self
+            .accepted
+            .as_ref()
+            .is_some_and(|a| now >= a.deadline || !self.is_alive(&a.from, now))
+        {
             self.accepted = None;
         }
         if self.rejecting.as_ref().is_some_and(|r| now >= r.2) {

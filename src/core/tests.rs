@@ -599,3 +599,74 @@ fn transitions_are_recorded_with_reasons() {
     assert_eq!((t.from, t.to), (Role::Starting, Role::Master));
     assert!(!t.reason.is_empty());
 }
+
+#[test]
+fn a_detached_eni_is_claimed_at_once_despite_the_hold_down() {
+    let (mut a, _) = master_a(ms(100));
+    a.handle(Event::LinkLost, ms(200));
+    assert!(a.hold_down_left(ms(200)).is_some());
+    // The operator detached it: nobody holds it. The hold-down stops forcing, not this.
+    let out = a.handle(Event::CloudState(Ok(CloudView::Nobody)), ms(250));
+    assert_eq!(claim_of(&out), Some((None, false, ClaimKind::Election)));
+}
+
+#[test]
+fn a_cloud_answer_older_than_a_lost_link_is_discarded_and_asked_again() {
+    let (mut a, _) = master_a(ms(100));
+    assert!(a
+        .handle(Event::Tick, ms(5100))
+        .contains(&Action::QueryCloud));
+    a.handle(Event::LinkLost, ms(5150));
+    assert_eq!(a.role(), Role::Backup);
+    // The answer to the query sent before the link vanished still says "here".
+    let out = a.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(5160));
+    assert_eq!(
+        a.role(),
+        Role::Backup,
+        "a stale answer must not make it master again"
+    );
+    assert!(out.contains(&Action::QueryCloud), "asked again");
+    // The fresh answer counts.
+    a.handle(Event::CloudState(Ok(CloudView::Holder(B.into()))), ms(5200));
+    assert_eq!(a.holder(), &HolderBelief::Instance(B.into()));
+}
+
+#[test]
+fn an_interrupted_handover_is_answered_exactly_once() {
+    let (mut a, _) = master_a(ms(100));
+    a.handle(
+        Event::YieldRequested {
+            token: 5,
+            timeout: Duration::from_secs(30),
+        },
+        ms(200),
+    );
+    let out = a.handle(Event::LinkLost, ms(300));
+    let replies: Vec<_> = out
+        .iter()
+        .filter(|x| {
+            matches!(
+                x,
+                Action::Reply {
+                    token: 5,
+                    result: Err(_)
+                }
+            )
+        })
+        .collect();
+    assert_eq!(replies.len(), 1, "{out:?}");
+    let later = a.handle(Event::Tick, ms(40_000));
+    assert!(!has(&later, |x| matches!(
+        x,
+        Action::Reply { token: 5, .. }
+    )));
+}
+
+#[test]
+fn starting_as_backup_clears_host_config_left_by_an_earlier_run() {
+    let mut b = node_b();
+    b.start(ms(0));
+    let out = b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    assert_eq!(b.role(), Role::Backup);
+    assert!(out.contains(&Action::RemoveNet));
+}
