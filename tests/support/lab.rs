@@ -81,8 +81,20 @@ impl Profile {
         }
     }
 
-    /// (attach, detach, hot-plug) delays.
+    /// (attach, detach, hot-plug) delays; `ENIPEER_LAB_DELAYS=attach_ms,detach_ms,hotplug_ms`
+    /// overrides the profile's, to emulate a slower or faster region.
     fn delays(self) -> (Duration, Duration, Duration) {
+        if let Ok(v) = std::env::var("ENIPEER_LAB_DELAYS") {
+            let ms: Vec<u64> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+            if let [a, d, h] = ms[..] {
+                return (
+                    Duration::from_millis(a),
+                    Duration::from_millis(d),
+                    Duration::from_millis(h),
+                );
+            }
+            panic!("ENIPEER_LAB_DELAYS must be attach_ms,detach_ms,hotplug_ms, not {v:?}");
+        }
         match self {
             Profile::Instant => (Duration::ZERO, Duration::ZERO, Duration::ZERO),
             Profile::AwsLike => (
