@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use socket2::{Domain, SockAddr, Socket, Type};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{self as sock, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -203,9 +205,9 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlErr
         path: path.to_path_buf(),
         source,
     };
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(bind_err)?;
-    let addr = SockAddr::unix(path).map_err(bind_err)?;
-    socket.bind(&addr).map_err(bind_err)?;
+    let socket = unix_stream_socket(SockFlag::empty()).map_err(bind_err)?;
+    let addr = UnixAddr::new(path).map_err(|e| bind_err(e.into()))?;
+    sock::bind(socket.as_raw_fd(), &addr).map_err(|e| bind_err(e.into()))?;
     // From here on the file is ours: remove it again if setting it up fails.
     let finish = || -> Result<UnixListener, ControlError> {
         let mode = if gid.is_some() { 0o660 } else { 0o600 };
@@ -224,9 +226,10 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlErr
                 }
             })?;
         }
-        socket.listen(128).map_err(bind_err)?;
-        socket.set_nonblocking(true).map_err(bind_err)?;
-        let std_listener: std::os::unix::net::UnixListener = socket.into();
+        let backlog = Backlog::new(128).map_err(|e| bind_err(e.into()))?;
+        sock::listen(&socket, backlog).map_err(|e| bind_err(e.into()))?;
+        let std_listener = std::os::unix::net::UnixListener::from(socket);
+        std_listener.set_nonblocking(true).map_err(bind_err)?;
         UnixListener::from_std(std_listener).map_err(bind_err)
     };
     match finish() {
@@ -284,10 +287,9 @@ fn clear_stale(path: &Path) -> Result<(), ControlError> {
         source,
     };
     // Non-blocking, so a live daemon with a full backlog answers EAGAIN instead of making us wait.
-    let probe = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(inspect)?;
-    probe.set_nonblocking(true).map_err(inspect)?;
-    let addr = SockAddr::unix(path).map_err(inspect)?;
-    match probe.connect(&addr) {
+    let probe = unix_stream_socket(SockFlag::SOCK_NONBLOCK).map_err(inspect)?;
+    let addr = UnixAddr::new(path).map_err(|e| inspect(e.into()))?;
+    match sock::connect(probe.as_raw_fd(), &addr).map_err(io::Error::from) {
         Ok(()) => Err(ControlError::AlreadyRunning {
             path: path.to_path_buf(),
         }),
@@ -515,3 +517,15 @@ async fn exchange(path: &Path, req: &Request) -> Result<Response, ControlError> 
 
 #[cfg(test)]
 mod tests;
+
+/// A Unix stream socket, close-on-exec, created unbound so its mode can be set between bind and
+/// listen (no client can connect through the umask's default mode).
+fn unix_stream_socket(flags: SockFlag) -> io::Result<OwnedFd> {
+    sock::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        flags | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)
+}
