@@ -1111,8 +1111,20 @@ impl Samples {
         longest
     }
 
+    /// Who answered last (ignoring failed probes at the very end: a probe can time out on a
+    /// loaded machine without the service being down).
     pub fn last(&self) -> Option<&str> {
-        self.samples.last().and_then(|s| s.1.as_deref())
+        self.samples.iter().rev().find_map(|s| s.1.as_deref())
+    }
+
+    /// How many of the last `n` probes failed.
+    pub fn failed_at_end(&self, n: usize) -> usize {
+        self.samples
+            .iter()
+            .rev()
+            .take(n)
+            .filter(|s| s.1.is_none())
+            .count()
     }
 }
 
