@@ -7,23 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use enipeer::cloud::{ClaimOutcome, ClaimRequest, Cloud};
-use enipeer::ids::InstanceId;
-use enipeer::timeline::Step;
+use enipeer::cloud::{ClaimOutcome, Cloud};
 use support::cloud_front::{CloudFront, Fault};
 use support::*;
-
-fn labels(steps: &[Step]) -> Vec<&str> {
-    steps.iter().map(|s| s.label.as_str()).collect()
-}
-
-fn req(expected: Option<&InstanceId>, force: bool) -> ClaimRequest {
-    ClaimRequest {
-        expected_holder: expected.cloned(),
-        force,
-        device_index: 1,
-    }
-}
 
 async fn front_for(moto: &Moto) -> CloudFront {
     CloudFront::start("127.0.0.1:0".parse().unwrap(), moto.addr)

@@ -10,23 +10,10 @@ mod support;
 use std::time::Duration;
 
 use enipeer::cloud::ec2::preflight;
-use enipeer::cloud::{AttachState, ClaimOutcome, ClaimRequest, Cloud};
+use enipeer::cloud::{AttachState, ClaimOutcome, Cloud};
 use enipeer::ids::InstanceId;
-use enipeer::timeline::Step;
 use support::cloud_front::CloudFront;
 use support::*;
-
-fn labels(steps: &[Step]) -> Vec<&str> {
-    steps.iter().map(|s| s.label.as_str()).collect()
-}
-
-fn req(expected: Option<&InstanceId>, force: bool) -> ClaimRequest {
-    ClaimRequest {
-        expected_holder: expected.cloned(),
-        force,
-        device_index: 1,
-    }
-}
 
 #[tokio::test]
 async fn describe_reports_mac_ips_subnet_and_az() {

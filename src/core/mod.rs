@@ -732,30 +732,22 @@ impl Node {
                 if now >= self.next_query {
                     self.query_cloud(out);
                 }
-                if now >= settle_until && self.holder == HolderBelief::Nobody {
-                    if self.best_candidate(now, None).as_deref() == Some(self.cfg.name.as_str()) {
-                        self.claim(
-                            None,
-                            false,
-                            ClaimKind::Election,
-                            "nobody holds the ENI and this node is the best candidate".into(),
-                            now,
-                            out,
-                        );
-                    } else {
-                        let best = self.best_candidate(now, None).unwrap_or_default();
-                        out.push(Action::RemoveNet);
-                        self.transition(
-                            State::Backup,
-                            format!("nobody holds the ENI; {best} is the better candidate"),
-                            now,
-                            out,
-                        );
-                        out.push(Action::RunHooks {
-                            kind: HookKind::Backup,
-                            reason: "started as backup".into(),
-                        });
-                    }
+                if now >= settle_until
+                    && self.holder == HolderBelief::Nobody
+                    && !self.claim_if_best(now, out)
+                {
+                    let best = self.best_candidate(now, None).unwrap_or_default();
+                    out.push(Action::RemoveNet);
+                    self.transition(
+                        State::Backup,
+                        format!("nobody holds the ENI; {best} is the better candidate"),
+                        now,
+                        out,
+                    );
+                    out.push(Action::RunHooks {
+                        kind: HookKind::Backup,
+                        reason: "started as backup".into(),
+                    });
                 }
             }
             State::Backup => {
@@ -1399,16 +1391,7 @@ impl Node {
                 }
             }
             HolderBelief::Nobody => {
-                if self.best_candidate(now, None).as_deref() == Some(self.cfg.name.as_str()) {
-                    self.claim(
-                        None,
-                        false,
-                        ClaimKind::Election,
-                        "nobody holds the ENI and this node is the best candidate".into(),
-                        now,
-                        out,
-                    );
-                }
+                self.claim_if_best(now, out);
             }
             HolderBelief::Instance(i) if i == self.cfg.instance_id => {
                 self.claim(
@@ -1446,6 +1429,23 @@ impl Node {
                 self.claim(Some(i), true, ClaimKind::Failover, reason, now, out);
             }
         }
+    }
+
+    /// Nobody holds the ENI: the best live candidate claims it, without force. Returns whether
+    /// this node did.
+    fn claim_if_best(&mut self, now: Time, out: &mut Vec<Action>) -> bool {
+        if self.best_candidate(now, None).as_deref() != Some(self.cfg.name.as_str()) {
+            return false;
+        }
+        self.claim(
+            None,
+            false,
+            ClaimKind::Election,
+            "nobody holds the ENI and this node is the best candidate".into(),
+            now,
+            out,
+        );
+        true
     }
 
     /// How long a peer may be silent before it counts as dead.

@@ -346,3 +346,17 @@ pub fn settings(endpoint: &str, lab: &Lab, me: &InstanceId, peer: Option<Instanc
         testing: None,
     }
 }
+
+/// The labels of a claim's or release's timeline steps.
+pub fn labels(steps: &[enipeer::timeline::Step]) -> Vec<&str> {
+    steps.iter().map(|s| s.label.as_str()).collect()
+}
+
+/// A claim at device index 1 replacing `expected`.
+pub fn req(expected: Option<&InstanceId>, force: bool) -> enipeer::cloud::ClaimRequest {
+    enipeer::cloud::ClaimRequest {
+        expected_holder: expected.cloned(),
+        force,
+        device_index: 1,
+    }
+}
