@@ -438,7 +438,7 @@ async fn net_worker(
 
 fn failure(e: &CloudError) -> Failure {
     Failure {
-        permanent: !e.transient,
+        retryable: e.transient,
         message: e.to_string(),
     }
 }

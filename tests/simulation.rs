@@ -629,7 +629,7 @@ impl Sim {
 
     fn cloud_step(&mut self, op: Op) {
         if self.rng.chance(self.cloud.error_rate) || self.now > op.deadline {
-            let f = Failure::transient("RequestLimitExceeded");
+            let f = Failure::retryable("RequestLimitExceeded");
             let ev = match op.kind {
                 OpKind::Query => Event::CloudState(Err(f)),
                 OpKind::Claim { .. } => Event::ClaimDone(Err(f)),
@@ -683,7 +683,7 @@ impl Sim {
                 ),
                 None => self.finish(
                     &op,
-                    Event::ClaimDone(Err(Failure::transient("attachment vanished"))),
+                    Event::ClaimDone(Err(Failure::retryable("attachment vanished"))),
                 ),
             },
             (OpKind::Release, OpStage::Start) => match att {

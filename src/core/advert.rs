@@ -117,3 +117,10 @@ pub struct Advert {
     /// A backup with preempt on and a higher priority asks the master for an orderly handover.
     pub wants_master: bool,
 }
+
+impl Advert {
+    /// The sender says it is master and holds the ENI itself.
+    pub fn claims_eni(&self) -> bool {
+        self.role == Role::Master && self.holder == HolderBelief::Instance(self.instance_id.clone())
+    }
+}

@@ -242,7 +242,7 @@ fn master_keeps_serving_when_the_cloud_is_unreachable() {
     let (mut a, _) = master_a(ms(100));
     a.handle(Event::Tick, ms(5100));
     a.handle(
-        Event::CloudState(Err(Failure::transient("timeout"))),
+        Event::CloudState(Err(Failure::retryable("timeout"))),
         ms(5200),
     );
     assert_eq!(a.role(), Role::Master);
@@ -518,7 +518,7 @@ fn permanent_cloud_error_at_start_is_a_fault_and_transient_is_retried() {
     let mut a = node_a();
     a.start(ms(0));
     a.handle(
-        Event::CloudState(Err(Failure::transient("throttled"))),
+        Event::CloudState(Err(Failure::retryable("throttled"))),
         ms(10),
     );
     assert_eq!(a.role(), Role::Starting);
@@ -546,7 +546,7 @@ fn a_failed_claim_backs_off_before_trying_again() {
     b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
     b.handle(Event::Tick, ms(1100));
     assert_eq!(b.role(), Role::Claiming);
-    b.handle(Event::ClaimDone(Err(Failure::transient("5xx"))), ms(1200));
+    b.handle(Event::ClaimDone(Err(Failure::retryable("5xx"))), ms(1200));
     assert_eq!(b.role(), Role::Backup);
     assert!(claim_of(&b.handle(Event::Tick, ms(2000))).is_none());
     assert!(claim_of(&b.handle(Event::Tick, ms(3300))).is_some());
