@@ -4,6 +4,7 @@
 //! [`peer`] (heartbeats), [`hooks`] (child processes) and [`control`] (the CLI's Unix socket).
 //! [`daemon`] wires them together; [`cli`] is the command line.
 
+pub mod alerts;
 pub mod cli;
 pub mod cloud;
 pub mod config;

@@ -240,6 +240,7 @@ fn config(i: usize, n: usize, prio: &[u8]) -> CoreConfig {
         restart_grace: Duration::from_secs(3),
         handover_timeout: Duration::from_secs(5),
         retry_delay: Duration::from_millis(500),
+        corroborate_fall: None,
     }
 }
 
@@ -461,6 +462,7 @@ impl Sim {
                     self.log(format!("{} {from} -> {to}: {reason}", name(i)));
                 }
                 Action::SendHeartbeat => self.send_heartbeats(i),
+                Action::Alert(alert) => self.log(format!("{} alert {alert:?}", name(i))),
                 Action::QueryCloud => self.start_op(i, OpKind::Query),
                 Action::Claim {
                     expected_holder, ..

@@ -116,6 +116,9 @@ pub struct Advert {
     pub stopping_ms: u32,
     /// A backup with preempt on and a higher priority asks the master for an orderly handover.
     pub wants_master: bool,
+    /// The sender's own service checks pass (always true without checks). An unhealthy node is
+    /// never chosen to take the ENI.
+    pub healthy: bool,
 }
 
 impl Advert {

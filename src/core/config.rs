@@ -22,6 +22,9 @@ pub struct CoreConfig {
     /// Delay before retrying a failed cloud query or claim, and how long a fault lasts before
     /// the node starts over.
     pub retry_delay: Duration,
+    /// Consecutive failed probes through the ENI's address that corroborate a silent holder's
+    /// death; `None` without checks: takeover on silence alone (uncorroborated).
+    pub corroborate_fall: Option<u32>,
 }
 
 impl CoreConfig {
@@ -45,6 +48,7 @@ impl CoreConfig {
             restart_grace: Duration::from_secs(30),
             handover_timeout: Duration::from_secs(20),
             retry_delay: Duration::from_secs(1),
+            corroborate_fall: None,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::advert::{Advert, Role};
+use super::health::Alert;
 
 /// Monotonic time since an arbitrary origin, supplied by the caller.
 pub type Time = Duration;
@@ -73,6 +74,21 @@ pub enum Event {
     Stop {
         handover: bool,
     },
+    /// This node's own service checks changed state (debounced with rise/fall by the runner).
+    Health {
+        healthy: bool,
+        detail: String,
+    },
+    /// One corroborating probe through the ENI's address, sent at `sent`, answered or not.
+    EniProbe {
+        sent: Time,
+        ok: bool,
+    },
+    /// The loop itself did not run for `gap` (process stopped or starved, VM paused): silence
+    /// seen across it is this node's, not the peer's.
+    Stalled {
+        gap: Duration,
+    },
 }
 
 /// Why a claim happens; labels the failover timeline.
@@ -138,6 +154,8 @@ pub enum Action {
     },
     /// The stop sequence is complete: exit the process.
     Exit,
+    /// Tell the operator (paced by the core; the daemon logs it with what to do).
+    Alert(Alert),
 }
 
 /// The last role change, for `enipeer role`.

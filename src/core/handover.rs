@@ -86,6 +86,9 @@ impl Node {
             State::Starting {
                 rejecting: Some(r), ..
             }
+            | State::Backup(Backup {
+                rejecting: Some(r), ..
+            })
             | State::Fault {
                 rejecting: Some(r), ..
             } => YieldMsg::Reject {
@@ -123,12 +126,19 @@ impl Node {
     fn on_offer(&mut self, from: &str, id: u32, now: Time, out: &mut Vec<Action>) {
         let deadline = now + self.cfg.handover_timeout;
         let reject_until = now + self.cfg.dead_interval * 2;
+        let healthy = self.health.healthy;
         match &mut self.state {
-            State::Backup(b) if b.accepted.as_ref().map(|a| a.id) != Some(id) => {
+            State::Backup(b) if healthy => {
+                if b.accepted.as_ref().map(|a| a.id) == Some(id) {
+                    return;
+                }
                 let from = from.to_string();
                 b.accepted = Some(Accepted { id, from, deadline });
             }
-            State::Starting { rejecting, .. } | State::Fault { rejecting, .. }
+            // A node whose own checks fail cannot serve what it would be handed.
+            State::Backup(Backup { rejecting, .. })
+            | State::Starting { rejecting, .. }
+            | State::Fault { rejecting, .. }
                 if rejecting.as_ref().map(|r| r.id) != Some(id) =>
             {
                 let to = from.to_string();
@@ -298,9 +308,11 @@ impl Node {
         }
     }
 
-    /// Starting and fault: a refusal is repeated for two dead intervals, then dropped.
+    /// A refusal is repeated for two dead intervals, then dropped.
     pub(super) fn expire_rejecting(&mut self, now: Time) {
-        if let State::Starting { rejecting, .. } | State::Fault { rejecting, .. } = &mut self.state
+        if let State::Starting { rejecting, .. }
+        | State::Fault { rejecting, .. }
+        | State::Backup(Backup { rejecting, .. }) = &mut self.state
         {
             if rejecting.as_ref().is_some_and(|r| now >= r.until) {
                 *rejecting = None;
@@ -308,7 +320,7 @@ impl Node {
         }
     }
 
-    fn new_handover(
+    pub(super) fn new_handover(
         &mut self,
         to: String,
         token: Option<u64>,
@@ -327,7 +339,7 @@ impl Node {
     }
 
     /// Starts a handover from this master (which must have none running).
-    fn offer(&mut self, h: Handover, out: &mut Vec<Action>) {
+    pub(super) fn offer(&mut self, h: Handover, out: &mut Vec<Action>) {
         if let State::Master(m) = &mut self.state {
             m.handover = Some(h);
             out.push(Action::SendHeartbeat);

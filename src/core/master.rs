@@ -4,6 +4,8 @@
 //! cannot reach the cloud keeps serving.
 
 use super::events::{Action, ClaimKind, CloudView, HookKind, Time};
+use super::handover::After;
+use super::health::Alert;
 use super::role::{Master, NetPhase, Release, State};
 use super::{HolderBelief, Node};
 
@@ -45,8 +47,42 @@ impl Node {
         match &m.handover {
             Some(h) if now >= h.deadline => self.handover_not_accepted(out),
             Some(_) => {}
+            None if !self.health.healthy => self.hand_over_unhealthy(now, out),
             None => self.maybe_honour_preempt(now, out),
         }
+    }
+
+    /// This master's checks fail: hand the ENI to a healthy peer in order (the yield path), or
+    /// keep it and say so when there is none.
+    fn hand_over_unhealthy(&mut self, now: Time, out: &mut Vec<Action>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let to = self
+            .peers
+            .best(&self.cfg, now, None)
+            .map(|(_, n)| n.to_string());
+        let detail = self.health.detail.clone();
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
+        if now < m.next_health_handover {
+            return;
+        }
+        let Some(to) = to else {
+            m.degraded = true;
+            return self.alert(Alert::Degraded { detail }, now, out);
+        };
+        m.degraded = false;
+        m.next_health_handover = now + self.cfg.handover_timeout;
+        self.alerts.clear("degraded");
+        let alert = Alert::HandingOverUnhealthy {
+            to: to.clone(),
+            detail,
+        };
+        self.alert(alert, now, out);
+        let h = self.new_handover(to, None, now + self.cfg.handover_timeout, After::Reclaim);
+        self.offer(h, out);
     }
 
     pub(super) fn master_cloud_view(&mut self, view: CloudView, now: Time, out: &mut Vec<Action>) {

@@ -33,6 +33,7 @@ mod claiming;
 mod config;
 mod events;
 mod handover;
+mod health;
 mod master;
 mod peers;
 mod releasing;
@@ -47,9 +48,11 @@ pub use config::CoreConfig;
 pub use events::{
     Action, ClaimKind, ClaimResult, CloudView, Event, Failure, HookKind, Time, Transition,
 };
+pub use health::{Alert, OwnHealth, ProbeHistory, ALERT_EVERY};
 pub use peers::PeerState;
 
 use handover::StopMode;
+use health::AlertPacer;
 use peers::Peers;
 use role::{NetPhase, State};
 use timers::{ClaimBackoff, CloudPoll, HoldDown};
@@ -70,6 +73,12 @@ pub struct Node {
     next_handover_id: u32,
     /// Set once the daemon was told to stop; how peers should treat the silence that follows.
     stopping: Option<StopMode>,
+    health: OwnHealth,
+    /// The corroborating probe through the ENI's address (what a backup asks before a takeover).
+    probe: ProbeHistory,
+    alerts: AlertPacer,
+    /// After a stall of this node's own loop, no peer is judged dead before this.
+    judge_after: Time,
 }
 
 impl Node {
@@ -87,6 +96,10 @@ impl Node {
             claim_backoff: ClaimBackoff::new(now),
             next_handover_id: 1,
             stopping: None,
+            health: OwnHealth::new(now),
+            probe: ProbeHistory::default(),
+            alerts: AlertPacer::default(),
+            judge_after: now,
             cfg,
         }
     }
@@ -132,6 +145,27 @@ impl Node {
         matches!(&self.state, State::Master(m) if m.net == NetPhase::Ready)
     }
 
+    pub fn health(&self) -> &OwnHealth {
+        &self.health
+    }
+
+    pub fn probe(&self) -> &ProbeHistory {
+        &self.probe
+    }
+
+    /// A master whose checks fail and that has no healthy peer to hand over to.
+    pub fn is_degraded(&self) -> bool {
+        matches!(&self.state, State::Master(m) if m.degraded)
+    }
+
+    /// The silent peer whose service still answers through the ENI, while that lasts.
+    pub fn silent_but_serving(&self) -> Option<&str> {
+        match &self.state {
+            State::Backup(b) => b.silent_but_serving.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn is_alive(&self, peer: &str, now: Time) -> bool {
         self.peers.is_alive(peer, &self.cfg, now)
     }
@@ -149,6 +183,7 @@ impl Node {
         }
         consider(Some(self.hold_down.until()));
         consider(Some(self.claim_backoff.retry_at()));
+        consider(Some(self.judge_after));
         consider(self.peers.next_death(&self.cfg, now));
         t.max(now)
     }
@@ -191,6 +226,7 @@ impl Node {
                 _ => 0,
             },
             wants_master: matches!(&self.state, State::Backup(b) if b.wants_master),
+            healthy: self.health.healthy,
         }
     }
 
@@ -214,6 +250,14 @@ impl Node {
                 self.on_yield_requested(token, timeout, now, &mut out)
             }
             Event::Stop { handover } => self.on_stop(handover, now, &mut out),
+            Event::Health { healthy, detail } => self.on_health(healthy, detail, now, &mut out),
+            Event::EniProbe { sent, ok } => self.probe.record(sent, ok),
+            Event::Stalled { gap } => {
+                // What arrived while this node was not running has just been drained: give each
+                // peer one more interval before judging it by a silence that may be ours.
+                let _ = gap;
+                self.judge_after = now + self.cfg.heartbeat_interval;
+            }
         }
         // Every event may make a deadline or a claim condition true: evaluate timers after it.
         self.on_tick(now, &mut out);
@@ -258,6 +302,9 @@ impl Node {
         if !self.peers.heard(name, &advert, incarnation, now) {
             return;
         }
+        // Heard again after a loss: whatever cut us off is over, so a later loss is not a repeat
+        // of it (the escalation protects against a partition that lasts, not one that healed).
+        self.hold_down.forget_escalation();
         // A peer that says it is master and holds the ENI is news about the holder.
         if advert.claims_eni() {
             match self.state {
@@ -359,6 +406,34 @@ impl Node {
         });
     }
 
+    /// Raises `alert` unless one of its kind was raised within [`ALERT_EVERY`].
+    fn alert(&mut self, alert: Alert, now: Time, out: &mut Vec<Action>) {
+        if self.alerts.due(&alert, now) {
+            out.push(Action::Alert(alert));
+        }
+    }
+
+    fn on_health(&mut self, healthy: bool, detail: String, now: Time, out: &mut Vec<Action>) {
+        if healthy == self.health.healthy {
+            self.health.detail = detail;
+            return;
+        }
+        self.health = OwnHealth {
+            healthy,
+            detail: detail.clone(),
+            since: now,
+        };
+        out.push(Action::Alert(Alert::HealthChanged { healthy, detail }));
+        if healthy {
+            self.alerts.clear("degraded");
+            if let State::Master(m) = &mut self.state {
+                m.degraded = false;
+            }
+        }
+        // Peers choose handover targets by it: tell them now.
+        out.push(Action::SendHeartbeat);
+    }
+
     fn go_fault(&mut self, reason: String, now: Time, out: &mut Vec<Action>) {
         let until = now + self.cfg.retry_delay.max(self.cfg.dead_interval) * 5;
         let fault = State::Fault {
@@ -387,7 +462,9 @@ impl Node {
 
     /// The best live candidate for the ENI among this node and its peers, `except` one.
     fn best_candidate(&self, now: Time, except: Option<&str>) -> Option<String> {
-        let me_ok = !matches!(self.state, State::Fault { .. }) && self.stopping.is_none();
+        let me_ok = !matches!(self.state, State::Fault { .. })
+            && self.stopping.is_none()
+            && self.health.healthy;
         let me = me_ok.then_some((self.cfg.priority, self.cfg.name.as_str()));
         let best = match (me, self.peers.best(&self.cfg, now, except)) {
             (Some(m), Some(p)) if peers::better(p.0, p.1, m.0, m.1) => Some(p),
@@ -404,3 +481,5 @@ impl Node {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_health;

@@ -43,6 +43,10 @@ pub(super) struct Backup {
     pub preempt_since: Option<Time>,
     /// Preempt: the delay has passed; advertised so the master hands over.
     pub wants_master: bool,
+    /// An offer refused because this node's own checks fail.
+    pub rejecting: Option<Reject>,
+    /// The holder is silent but its service answers through the ENI: shown, warned, no claim.
+    pub silent_but_serving: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,10 @@ pub(super) struct Master {
     pub net_attempts: u32,
     /// A handover this master offered and waits to have accepted.
     pub handover: Option<Handover>,
+    /// Checks fail and no healthy peer can take over: serving badly beats not serving.
+    pub degraded: bool,
+    /// No new handover for failing checks before this (one per handover timeout).
+    pub next_health_handover: Time,
 }
 
 impl Master {
@@ -60,6 +68,8 @@ impl Master {
             net: NetPhase::Applying,
             net_attempts: 0,
             handover: None,
+            degraded: false,
+            next_health_handover: Time::ZERO,
         }
     }
 }

@@ -34,6 +34,11 @@ impl HoldDown {
         self.until = now + d;
     }
 
+    /// The hold-down that runs stays; the next loss starts again from the base duration.
+    pub fn forget_escalation(&mut self) {
+        self.level = 0;
+    }
+
     pub fn active(&self, now: Time) -> bool {
         now < self.until
     }
