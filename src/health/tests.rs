@@ -195,7 +195,9 @@ async fn http_reads_at_most_the_cap() {
 async fn a_server_that_never_answers_times_out() {
     let port = silent_server().await;
     let c = http_check(port, "/", StatusRange::DEFAULT, None);
-    let got = probe_once(&c, &target()).await;
+    let got = tokio::time::timeout(GUARD, probe_once(&c, &target()))
+        .await
+        .expect("the probe ends at its own timeout");
     assert_eq!(
         got,
         Err(ProbeError::TimedOut {
@@ -334,9 +336,12 @@ fn is_dead(pid: u32) -> bool {
 async fn exec_timeout_kills_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
-    let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+    // The sleep outlives the guard: only a kill ends the probe before the guard fires.
+    let script = format!("sleep 120 & echo $! > {}; wait", pidfile.display());
     let c = exec_check(&["/bin/sh", "-c", &script]);
-    let got = probe_once(&c, &target()).await;
+    let got = tokio::time::timeout(GUARD, probe_once(&c, &target()))
+        .await
+        .expect("the probe returns once its timeout kills the program");
     assert_eq!(got.map_err(|e| e.kind()), Err("timeout"));
     let pid: u32 = read_pid(&pidfile);
     let deadline = std::time::Instant::now() + GUARD;
