@@ -343,6 +343,7 @@ pub fn settings(endpoint: &str, lab: &Lab, me: &InstanceId, peer: Option<Instanc
             restart_grace: Duration::from_secs(30),
             handover_timeout: Duration::from_secs(10),
         },
+        checks: Vec::new(),
         testing: None,
     }
 }
