@@ -18,6 +18,7 @@
 mod debounce;
 mod exec;
 mod http;
+mod supervisor;
 
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ use tracing::{debug, info, warn};
 pub use debounce::{Change, Health, HealthState};
 pub use exec::OUTPUT_CAP;
 pub use http::MAX_RESPONSE;
+pub use supervisor::{CheckView, Supervisor, Verdict};
 
 use crate::config::{CheckHost, CheckSettings, ProbeSpec, StatusRange};
 
