@@ -615,14 +615,9 @@ impl Sim {
                         force,
                         device_index: 1,
                     };
-                    self.cloud.claims += 1;
-                    let proc = Proc::Claim(ClaimProc::new(req, context(i)));
-                    self.start_proc(i, proc);
+                    self.start_proc(i, Proc::Claim(ClaimProc::new(req, context(i))));
                 }
-                Action::Release => {
-                    self.cloud.releases += 1;
-                    self.start_proc(i, Proc::Release(ReleaseProc::new(context(i))));
-                }
+                Action::Release => self.start_proc(i, Proc::Release(ReleaseProc::new(context(i)))),
                 Action::ApplyNet => {
                     let attached_here = matches!(
                         self.cloud.att,
@@ -711,6 +706,10 @@ impl Sim {
     }
 
     fn start_proc(&mut self, node: usize, proc: Proc) {
+        match proc {
+            Proc::Claim(_) => self.cloud.claims += 1,
+            Proc::Release(_) => self.cloud.releases += 1,
+        }
         let op = Op {
             node,
             generation: self.nodes[node].generation,
@@ -721,9 +720,12 @@ impl Sim {
     }
 
     /// One step of a procedure: send its call to the cloud, sleep its poll delay, or deliver
-    /// its outcome to the node. The procedure runs on whatever happens to its node, as the old
-    /// model did: what it already asked the cloud for happens either way.
+    /// its outcome to the node. A procedure dies with its process (a killed or exited node's
+    /// generation moves on); a call it already sent still reaches the cloud.
     fn advance(&mut self, mut op: Box<Op>, last: Option<Result<Reply, CloudError>>) {
+        if self.nodes[op.node].generation != op.generation {
+            return;
+        }
         let elapsed = self.now.saturating_sub(op.started);
         let then = match &mut op.proc {
             Proc::Claim(m) => then(m.next(elapsed, last), claim_event),

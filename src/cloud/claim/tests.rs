@@ -262,8 +262,10 @@ fn a_pending_detach_of_someone_else_is_waited_out_without_force() {
 
 #[test]
 fn a_lost_attach_race_names_the_winner() {
-    let mut model = Model::default();
-    model.race_winner = Some(id(OTHER));
+    let mut model = Model {
+        race_winner: Some(id(OTHER)),
+        ..Model::default()
+    };
     let (out, _) = drive(claim(None, false), &mut model);
     match out.unwrap() {
         ClaimOutcome::HeldBy { holder, steps } => {
@@ -276,8 +278,10 @@ fn a_lost_attach_race_names_the_winner() {
 
 #[test]
 fn an_attach_that_never_finishes_ends_at_the_deadline() {
-    let mut model = Model::default();
-    model.stuck_attach = true;
+    let mut model = Model {
+        stuck_attach: true,
+        ..Model::default()
+    };
     let (out, elapsed) = drive(claim(None, false), &mut model);
     let err = out.unwrap_err();
     assert_eq!(err.kind, CloudErrorKind::Deadline);
