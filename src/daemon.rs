@@ -112,8 +112,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
 async fn build_cloud(settings: &Settings) -> Result<Arc<dyn Cloud>, DaemonError> {
     if let Some(t) = &settings.testing {
         let instance = settings.node.instance_id.clone().ok_or_else(|| {
-            DaemonError::Cloud(CloudError::permanent(
-                "config",
+            DaemonError::Cloud(CloudError::new(
+                crate::cloud::CloudErrorKind::Config,
                 "[testing] fake-cloud needs node.instance-id",
             ))
         })?;
@@ -439,7 +439,7 @@ async fn net_worker(
 
 fn failure(e: &CloudError) -> Failure {
     Failure {
-        retryable: e.transient,
+        retryable: e.retryable(),
         message: e.to_string(),
     }
 }
@@ -487,7 +487,7 @@ impl Daemon {
                             Done::Cloud(Event::CloudState(Ok(view)), Vec::new(), Some(info))
                         }
                         Err(e) => {
-                            warn!(error = %e, kind = e.kind, "reading the ENI's attachment failed");
+                            warn!(error = %e, kind = e.kind_str(), "reading the ENI's attachment failed");
                             Done::Cloud(Event::CloudState(Err(failure(&e))), Vec::new(), None)
                         }
                     };
@@ -535,7 +535,7 @@ impl Daemon {
                             None,
                         ),
                         Err(e) => {
-                            warn!(error = %e, kind = e.kind, "claim failed");
+                            warn!(error = %e, kind = e.kind_str(), "claim failed");
                             Done::Cloud(Event::ClaimDone(Err(failure(&e))), Vec::new(), None)
                         }
                     };
@@ -552,7 +552,7 @@ impl Daemon {
                     let msg = match cloud.release().await {
                         Ok(out) => Done::Cloud(Event::ReleaseDone(Ok(())), out.steps, None),
                         Err(e) => {
-                            warn!(error = %e, kind = e.kind, "release failed");
+                            warn!(error = %e, kind = e.kind_str(), "release failed");
                             Done::Cloud(Event::ReleaseDone(Err(failure(&e))), Vec::new(), None)
                         }
                     };
