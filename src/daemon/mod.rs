@@ -20,6 +20,8 @@ mod plan;
 mod report;
 mod results;
 mod signals;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -261,30 +263,13 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         stop_tx,
         reconcile,
     };
-    let node = Node::new(core_config(&settings, &instance_id), Duration::ZERO);
-    let mut d = Daemon {
-        settings,
-        node,
-        started: Instant::now(),
-        started_wall: SystemTime::now(),
+    let workers = Workers {
         net,
         net_tx,
         cloud_tx,
-        watch: None,
-        coexistence_checked: false,
         done_tx,
-        hooks,
-        peer,
-        instance_id,
-        eni: None,
-        applied: None,
-        plan_waiting: Vec::new(),
-        describing: false,
-        pending_yields: HashMap::new(),
-        next_token: 1,
-        timeline: Recorder::default(),
-        exit: false,
     };
+    let mut d = Daemon::new(settings, instance_id, peer, hooks, workers);
     d.serve(&mut inbox).await;
     // Let the stop hooks run (bounded), then close the control socket.
     drop(d.hooks);
@@ -325,7 +310,48 @@ pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig 
     }
 }
 
+/// The loop's ends of the workers: where jobs go and where results come back.
+struct Workers {
+    net: Arc<dyn HostNet>,
+    net_tx: mpsc::UnboundedSender<NetJob>,
+    cloud_tx: mpsc::UnboundedSender<CloudJob>,
+    done_tx: mpsc::UnboundedSender<Done>,
+}
+
 impl Daemon {
+    fn new(
+        settings: Settings,
+        instance_id: InstanceId,
+        peer: PeerLink,
+        hooks: HookHandle,
+        workers: Workers,
+    ) -> Daemon {
+        let node = Node::new(core_config(&settings, &instance_id), Duration::ZERO);
+        Daemon {
+            settings,
+            node,
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+            net: workers.net,
+            net_tx: workers.net_tx,
+            cloud_tx: workers.cloud_tx,
+            watch: None,
+            coexistence_checked: false,
+            done_tx: workers.done_tx,
+            hooks,
+            peer,
+            instance_id,
+            eni: None,
+            applied: None,
+            plan_waiting: Vec::new(),
+            describing: false,
+            pending_yields: HashMap::new(),
+            next_token: 1,
+            timeline: Recorder::default(),
+            exit: false,
+        }
+    }
+
     /// Starts the core, then feeds it until it says the stop is complete (or the stop overruns).
     async fn serve(&mut self, inbox: &mut Inbox) {
         info!(
