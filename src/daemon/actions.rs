@@ -1,6 +1,6 @@
 //! One method per core [`Action`]: each carries the action out or hands it to a worker, and
-//! decides nothing. None of them awaits the cloud or the host network config; the only awaits are
-//! heartbeat sends.
+//! decides nothing. None of them awaits the cloud or the host network config: the only awaits are
+//! heartbeat sends (and the pauses between the last ones, at exit).
 
 use std::fmt::Display;
 use std::time::Duration;
@@ -21,7 +21,7 @@ impl Daemon {
         match action {
             Action::Transitioned { from, to, reason } => self.transitioned(&from, &to, &reason),
             Action::SendHeartbeat => self.send_heartbeat().await,
-            Action::QueryCloud => self.to_cloud(CloudJob::Query),
+            Action::QueryCloud => self.query_cloud(),
             Action::Claim {
                 expected_holder,
                 force,
@@ -30,7 +30,7 @@ impl Daemon {
             } => self.claim(expected_holder, force, kind, reason),
             Action::Release => self.release(),
             Action::ApplyNet => self.apply_net().await,
-            Action::RemoveNet => self.with_plan(PlanUse::Remove).await,
+            Action::RemoveNet => self.remove_net().await,
             Action::RunHooks { kind, reason } => self.run_hooks(kind, reason),
             Action::Reply { token, result } => self.reply(token, result),
             Action::Exit => self.exit().await,
@@ -47,6 +47,10 @@ impl Daemon {
         if let Err(e) = self.peer.send(&advert).await {
             warn!(error = %e, "sending heartbeats failed");
         }
+    }
+
+    fn query_cloud(&self) {
+        self.to_cloud(CloudJob::Query);
     }
 
     fn claim(
@@ -81,6 +85,10 @@ impl Daemon {
         self.timeline
             .adopt_unless_running("ENI already attached here");
         self.with_plan(PlanUse::Apply).await;
+    }
+
+    async fn remove_net(&mut self) {
+        self.with_plan(PlanUse::Remove).await;
     }
 
     fn run_hooks(&mut self, kind: HookKind, reason: String) {

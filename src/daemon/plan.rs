@@ -122,6 +122,9 @@ impl Daemon {
     }
 
     async fn watch_link(&mut self, plan: &NetPlan) {
+        // Subscribing is local and quick, so it is awaited here rather than in the net worker:
+        // the handle must be on the loop for a `RemoveNet` to abort the watch at once, before
+        // the removal it asks for makes the link look lost.
         let mut rx = match self.net.watch(plan).await {
             Ok(rx) => rx,
             Err(e) => {
