@@ -188,7 +188,7 @@ fn assert_plan_in_place(ns: &Netns) {
         .unwrap()
         .iter()
         .any(|f| f == "UP"));
-    assert_eq!(sysctl(&ns, "/proc/sys/net/ipv4/conf/eni0/rp_filter"), "2");
+    assert_eq!(sysctl(ns, "/proc/sys/net/ipv4/conf/eni0/rp_filter"), "2");
 }
 
 #[test]

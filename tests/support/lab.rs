@@ -669,9 +669,7 @@ impl Lab {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             let node = self.node_mut(side);
-            let Some(c) = node.agent.as_mut() else {
-                return None;
-            };
+            let c = node.agent.as_mut()?;
             if let Ok(Some(st)) = c.try_wait() {
                 node.agent = None;
                 return st.code();
