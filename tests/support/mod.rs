@@ -304,16 +304,7 @@ pub async fn seed(ec2: &aws_sdk_ec2::Client) -> Seeded {
         .network_interface
         .and_then(|n| n.network_interface_id)
         .expect("eni id");
-    let mac = ec2
-        .describe_network_interfaces()
-        .network_interface_ids(&eni)
-        .send()
-        .await
-        .expect("describe the ENI")
-        .network_interfaces()
-        .first()
-        .and_then(|n| n.mac_address().map(str::to_owned))
-        .expect("ENI MAC");
+    let mac = eni_mac(ec2, &eni).await;
     Seeded {
         vpc,
         subnet,
@@ -322,6 +313,19 @@ pub async fn seed(ec2: &aws_sdk_ec2::Client) -> Seeded {
         eni: eni.parse().expect("moto's ENI id"),
         mac,
     }
+}
+
+/// The MAC moto gave the ENI.
+async fn eni_mac(ec2: &aws_sdk_ec2::Client, eni: &str) -> String {
+    ec2.describe_network_interfaces()
+        .network_interface_ids(eni)
+        .send()
+        .await
+        .expect("describe the ENI")
+        .network_interfaces()
+        .first()
+        .and_then(|n| n.mac_address().map(str::to_owned))
+        .expect("ENI MAC")
 }
 
 /// Attaches the ENI directly (bypassing the adapter) and returns the attachment id.
