@@ -378,6 +378,7 @@ pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig 
         restart_grace: settings.stop.restart_grace,
         handover_timeout: settings.stop.handover_timeout,
         retry_delay: Duration::from_secs(1),
+        corroborate_fall: None,
     }
 }
 
@@ -438,7 +439,7 @@ async fn net_worker(
 
 fn failure(e: &CloudError) -> Failure {
     Failure {
-        permanent: !e.transient,
+        retryable: e.transient,
         message: e.to_string(),
     }
 }
@@ -462,6 +463,7 @@ impl Daemon {
 
     async fn act(&mut self, action: Action) {
         match action {
+            Action::Alert(alert) => crate::alerts::log(&alert, ""),
             Action::Transitioned { from, to, reason } => {
                 info!(%from, %to, %reason, "transition");
                 sd_notify(&format!("STATUS={to}: {reason}"));

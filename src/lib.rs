@@ -1,15 +1,18 @@
 //! enipeer: a failover agent that moves a secondary ENI between two EC2 instances.
 //!
 //! The [`core`] decides (pure, no I/O); adapters act: [`cloud`] (EC2), [`net`] (netlink),
-//! [`peer`] (heartbeats), [`hooks`] (child processes) and [`control`] (the CLI's Unix socket).
+//! [`peer`] (heartbeats), [`hooks`] (child processes), [`health`] (service checks) and [`control`]
+//! (the CLI's Unix socket).
 //! [`daemon`] wires them together; [`cli`] is the command line.
 
+pub mod alerts;
 pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod control;
 pub mod core;
 pub mod daemon;
+pub mod health;
 pub mod hooks;
 pub mod ids;
 pub mod net;

@@ -52,6 +52,73 @@ fn example_config_passes_and_prints_the_summary() {
     }
 }
 
+/// `body` with its key file pointing at a fresh 0600 key in `dir`, written as `name`.
+fn with_key(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let key = dir.join("peer.key");
+    if !key.exists() {
+        keyfile::write_new_key(&key, false).expect("write key");
+    }
+    let config = dir.join(name);
+    let replaced = body.replace("/etc/enipeer/peer.key", key.to_str().expect("utf-8 path"));
+    assert_ne!(replaced, body, "{name} must name /etc/enipeer/peer.key");
+    fs::write(&config, replaced).expect("write config");
+    config
+}
+
+#[test]
+fn example_config_has_an_active_check_for_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _key) = example_with_key(dir.path());
+    let out = enipeer(&["check", "-c", config.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(
+        stdout.contains("check      http-80: GET http://<ENI address>:80/ status 200-399"),
+        "{stdout}"
+    );
+    assert!(!text(&out.stderr).contains("uncorroborated"));
+}
+
+#[test]
+fn every_good_config_passes_and_lists_its_checks() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/good");
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for entry in fs::read_dir(&src).expect("tests/configs/good") {
+        let file = entry.expect("dir entry").path();
+        if file.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let body = fs::read_to_string(&file).unwrap();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let config = with_key(dir.path(), name, &body);
+        let out = enipeer(&["check", "-c", config.to_str().unwrap()]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        let tables = body.lines().filter(|l| l.trim() == "[[check]]").count();
+        let listed = stdout.lines().filter(|l| l.starts_with("check ")).count();
+        assert_eq!(listed, tables, "{name}: {stdout}");
+    }
+    assert!(seen >= 1, "no good configs");
+}
+
+#[test]
+fn a_config_without_checks_passes_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = EXAMPLE
+        .find("\n[[check]]")
+        .expect("the example has a check");
+    let config = with_key(dir.path(), "no-check.toml", &EXAMPLE[..start]);
+    let out = enipeer(&["check", "-c", config.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: no [[check]] configured: takeover is uncorroborated"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn preflight_reports_an_unreachable_cloud_as_failed_checks() {
     let dir = tempfile::tempdir().unwrap();

@@ -395,6 +395,7 @@ fn attack(port: u16) {
             yield_msg: YieldMsg::None,
             stopping_ms: 0,
             wants_master: false,
+            healthy: true,
         },
     };
     let good = encode(&packet("node-b", 1, now_ms), &key).expect("encode");

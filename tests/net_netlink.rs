@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use enipeer::cloud::{EniInfo, Ipv4Net};
 use enipeer::config::NetworkSettings;
 use enipeer::net::netlink::NetlinkNet;
-use enipeer::net::{HostNet, NetEvent, NetPlan};
+use enipeer::net::{HostNet, NetErrorKind, NetEvent, NetPlan};
 use netns::{sh, Netns};
 use serde_json::Value;
 
@@ -345,7 +345,7 @@ fn link_that_never_appears_times_out_naming_the_mac() {
         let err = net.apply(&plan).await.unwrap_err();
         (err, start.elapsed())
     });
-    assert_eq!(err.kind, "link-timeout", "{err}");
+    assert_eq!(err.kind, NetErrorKind::LinkTimeout, "{err}");
     assert!(err.message.contains(MAC), "{err}");
     assert!(took >= timeout, "{took:?}");
     assert!(took < timeout + Duration::from_secs(2), "{took:?}");

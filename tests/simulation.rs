@@ -240,6 +240,7 @@ fn config(i: usize, n: usize, prio: &[u8]) -> CoreConfig {
         restart_grace: Duration::from_secs(3),
         handover_timeout: Duration::from_secs(5),
         retry_delay: Duration::from_millis(500),
+        corroborate_fall: None,
     }
 }
 
@@ -461,6 +462,7 @@ impl Sim {
                     self.log(format!("{} {from} -> {to}: {reason}", name(i)));
                 }
                 Action::SendHeartbeat => self.send_heartbeats(i),
+                Action::Alert(alert) => self.log(format!("{} alert {alert:?}", name(i))),
                 Action::QueryCloud => self.start_op(i, OpKind::Query),
                 Action::Claim {
                     expected_holder, ..
@@ -629,7 +631,7 @@ impl Sim {
 
     fn cloud_step(&mut self, op: Op) {
         if self.rng.chance(self.cloud.error_rate) || self.now > op.deadline {
-            let f = Failure::transient("RequestLimitExceeded");
+            let f = Failure::retryable("RequestLimitExceeded");
             let ev = match op.kind {
                 OpKind::Query => Event::CloudState(Err(f)),
                 OpKind::Claim { .. } => Event::ClaimDone(Err(f)),
@@ -683,7 +685,7 @@ impl Sim {
                 ),
                 None => self.finish(
                     &op,
-                    Event::ClaimDone(Err(Failure::transient("attachment vanished"))),
+                    Event::ClaimDone(Err(Failure::retryable("attachment vanished"))),
                 ),
             },
             (OpKind::Release, OpStage::Start) => match att {

@@ -95,8 +95,8 @@ impl<'a> Document<'a> {
                         SECTIONS
                             .iter()
                             .filter(|s| **s != "testing")
-                            .map(|s| if *s == "peer" {
-                                "[[peer]]".to_owned()
+                            .map(|s| if matches!(*s, "peer" | "check") {
+                                format!("[[{s}]]")
                             } else {
                                 format!("[{s}]")
                             })
@@ -114,11 +114,19 @@ impl<'a> Document<'a> {
                     &mut out.stripped,
                     &mut out.raw.node,
                 ),
-                "peer" => self.peers(
+                "peer" => self.array_of_tables(
+                    section,
                     value,
                     &mut out.problems,
                     &mut out.stripped,
                     &mut out.raw.peer,
+                ),
+                "check" => self.array_of_tables(
+                    section,
+                    value,
+                    &mut out.problems,
+                    &mut out.stripped,
+                    &mut out.raw.check,
                 ),
                 "group" => self.table(
                     section,
@@ -220,10 +228,11 @@ impl<'a> Document<'a> {
         }
     }
 
-    /// `[[peer]]` entries are deserialized one by one so each broken entry is reported with its
-    /// index and the others still get validated.
-    fn peers<T: DeserializeOwned>(
+    /// `[[peer]]` and `[[check]]` entries are deserialized one by one so each broken entry is
+    /// reported with its index and the others still get validated.
+    fn array_of_tables<T: DeserializeOwned>(
         &self,
+        name: &str,
         value: &Spanned<DeValue<'a>>,
         problems: &mut Vec<Problem>,
         stripped: &mut Vec<String>,
@@ -231,19 +240,19 @@ impl<'a> Document<'a> {
     ) -> bool {
         let DeValue::Array(items) = value.get_ref() else {
             problems.push(Problem {
-                key: "peer".to_owned(),
+                key: name.to_owned(),
                 line: Some(self.line_of_offset(value.span().start)),
                 message: format!(
-                    "must be an array of tables, written [[peer]] (double brackets), found {}",
+                    "must be an array of tables, written [[{name}]] (double brackets), found {}",
                     value.get_ref().type_str()
                 ),
             });
             return false;
         };
         let mut ok = true;
-        let mut peers = Vec::with_capacity(items.len());
+        let mut entries = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let key = format!("peer[{i}]");
+            let key = format!("{name}[{i}]");
             if !matches!(item.get_ref(), DeValue::Table(_)) {
                 problems.push(Problem {
                     key,
@@ -254,12 +263,12 @@ impl<'a> Document<'a> {
                 continue;
             }
             match self.deserialize(&key, item, problems, stripped) {
-                Some(p) => peers.push(p),
+                Some(p) => entries.push(p),
                 None => ok = false,
             }
         }
         if ok {
-            *slot = Some(peers);
+            *slot = Some(entries);
         }
         ok
     }
@@ -295,7 +304,7 @@ impl<'a> Document<'a> {
             };
             let key = key_at(prefix, &value, &span);
             let mut message = tidy_message(err.message());
-            if DURATION_KEYS.contains(&key.as_str()) {
+            if DURATION_KEYS.contains(&without_indices(&key).as_str()) {
                 message.push_str(" with a unit, like \"200ms\", \"1s\" or \"5m\"");
             }
             problems.push(Problem {
@@ -364,6 +373,21 @@ fn tidy_message(message: &str) -> String {
         .replace("missing field", "missing key")
         .replace("expected i64", "expected an integer")
         .replace("expected a sequence", "expected an array")
+}
+
+/// `check[2].interval` as `check.interval`: the form the per-key tables list.
+fn without_indices(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut depth = 0usize;
+    for ch in key.chars() {
+        match ch {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => out.push(ch),
+            _ => {}
+        }
+    }
+    out
 }
 
 enum Segment<'k> {

@@ -5,6 +5,7 @@
 //! applied and cross-field rules checked, collecting every problem instead of stopping at the
 //! first, so `enipeer check` can list them all at once.
 
+mod check;
 mod document;
 pub mod keyfile;
 pub mod raw;
@@ -21,6 +22,11 @@ use std::time::Duration;
 use humantime::format_duration;
 
 use crate::ids::{EniId, InstanceId};
+
+pub use check::{
+    CheckHost, CheckSettings, ExecProbe, HttpProbe, ProbeSpec, StatusRange, TcpProbe,
+    DEFAULT_HTTP_PORT, MAX_CHECKS,
+};
 
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/enipeer/enipeer.toml";
@@ -41,6 +47,9 @@ pub struct Settings {
     pub hooks: HookSettings,
     pub control: ControlSettings,
     pub stop: StopSettings,
+    /// `[[check]]` tables in file order; empty when none are configured (takeover is then
+    /// decided by heartbeats alone).
+    pub checks: Vec<CheckSettings>,
     /// Test-only backends; `None` in every real deployment.
     pub testing: Option<TestingSettings>,
 }
@@ -444,6 +453,9 @@ impl Settings {
                 d(st.handover_timeout)
             ),
         );
+        for check in &self.checks {
+            row("check", check.describe());
+        }
         if let Some(t) = &self.testing {
             row(
                 "testing",
@@ -464,6 +476,12 @@ pub fn check_command(path: &Path) -> (i32, Option<Settings>) {
     match load(path) {
         Ok(settings) => {
             print!("{}", settings.summary());
+            if settings.checks.is_empty() {
+                // Valid, but worth saying: without a check a silent peer is presumed dead.
+                eprintln!(
+                    "enipeer: warning: no [[check]] configured: takeover is uncorroborated (heartbeat silence alone decides it)"
+                );
+            }
             (crate::exit::OK, Some(settings))
         }
         Err(err) => {

@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub control: Option<RawControl>,
     pub stop: Option<RawStop>,
     pub testing: Option<RawTesting>,
+    pub check: Option<Vec<RawCheck>>,
 }
 
 /// Top-level table names accepted in the file, in the order the example documents them.
@@ -38,6 +39,7 @@ pub const SECTIONS: &[&str] = &[
     "hooks",
     "control",
     "stop",
+    "check",
     "testing",
 ];
 
@@ -57,6 +59,8 @@ pub const DURATION_KEYS: &[&str] = &[
     "hooks.timeout",
     "stop.restart-grace",
     "stop.handover-timeout",
+    "check.interval",
+    "check.timeout",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,4 +160,65 @@ pub struct RawStop {
 pub struct RawTesting {
     pub fake_cloud: Option<String>,
     pub fake_net: Option<bool>,
+}
+
+/// One `[[check]]` table. Which keys apply depends on `kind`; validation reports a key given for
+/// a kind it does not apply to, rather than serde, so the message can say which kinds take it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawCheck {
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    pub path: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    pub status: Option<RawStatus>,
+    pub body_contains: Option<String>,
+}
+
+/// `status` as written: `"200-299"`, `"204"`, `[200, 299]` or `204`. Range checks are left to
+/// validation, which quotes the value; only the shape is decided here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawStatus {
+    Text(String),
+    Pair(Vec<i64>),
+    Code(i64),
+}
+
+impl<'de> Deserialize<'de> for RawStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawStatus;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a status range like \"200-399\", [200, 399] or 200")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawStatus, E> {
+                Ok(RawStatus::Text(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawStatus, E> {
+                Ok(RawStatus::Code(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawStatus, E> {
+                Ok(RawStatus::Code(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawStatus, A::Error> {
+                // Any length is taken: validation reports an array that is not a pair.
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<i64>()? {
+                    out.push(v);
+                }
+                Ok(RawStatus::Pair(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }

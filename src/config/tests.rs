@@ -121,6 +121,24 @@ fn example_config_parses() {
         ]]
     );
     assert_eq!(s.testing, None);
+    // The shipped check: nginx on the ENI's address, port 80, every default.
+    assert_eq!(
+        s.checks,
+        vec![CheckSettings {
+            name: "http-80".to_owned(),
+            probe: ProbeSpec::Http(HttpProbe {
+                host: CheckHost::EniAddress,
+                port: 80,
+                path: "/".to_owned(),
+                status: StatusRange { lo: 200, hi: 399 },
+                body_contains: None,
+            }),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 2,
+        }]
+    );
 }
 
 /// Every key of every table is present in the example (commented out when optional), so the
@@ -182,6 +200,23 @@ fn example_config_mentions_every_key() {
         ),
         ("[control]", &["socket", "group"]),
         ("[stop]", &["mode", "restart-grace", "handover-timeout"]),
+        (
+            "[[check]]",
+            &[
+                "kind",
+                "name",
+                "host",
+                "port",
+                "path",
+                "status",
+                "body-contains",
+                "command",
+                "interval",
+                "timeout",
+                "rise",
+                "fall",
+            ],
+        ),
     ];
     for (header, keys) in expected {
         let start = EXAMPLE
@@ -243,6 +278,7 @@ fn defaults_are_applied() {
     assert_eq!(s.stop.restart_grace, Duration::from_secs(30));
     assert_eq!(s.stop.handover_timeout, Duration::from_secs(20));
     assert_eq!(s.testing, None);
+    assert!(s.checks.is_empty());
 }
 
 #[test]
@@ -851,4 +887,336 @@ fn a_bare_number_for_a_duration_gets_a_unit_hint() {
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0].key, "heartbeat.interval");
     assert!(got[0].message.contains("\"200ms\""), "{got:#?}");
+}
+
+fn check_cfg(kind: &str) -> Cfg {
+    Cfg::minimal().set("[[check]]", "kind", &format!("\"{kind}\""))
+}
+
+fn only_check(cfg: Cfg) -> CheckSettings {
+    let s = cfg.parse().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.checks.len(), 1);
+    s.checks.into_iter().next().unwrap()
+}
+
+#[test]
+fn check_defaults_follow_the_kind() {
+    let http = only_check(check_cfg("http"));
+    assert_eq!(http.name, "http-80");
+    assert_eq!(
+        http.probe,
+        ProbeSpec::Http(HttpProbe {
+            host: CheckHost::EniAddress,
+            port: 80,
+            path: "/".to_owned(),
+            status: StatusRange::DEFAULT,
+            body_contains: None,
+        })
+    );
+    assert_eq!(
+        (http.interval, http.timeout, http.rise, http.fall),
+        (Duration::from_secs(1), Duration::from_millis(500), 2, 2)
+    );
+
+    let tcp = only_check(check_cfg("tcp").set("[[check]]", "port", "5432").set(
+        "[[check]]",
+        "host",
+        "\"127.0.0.1\"",
+    ));
+    assert_eq!(tcp.name, "tcp-5432");
+    assert_eq!(
+        tcp.probe,
+        ProbeSpec::Tcp(TcpProbe {
+            host: CheckHost::Ip("127.0.0.1".parse().unwrap()),
+            port: 5432
+        })
+    );
+
+    let exec = only_check(check_cfg("exec").set(
+        "[[check]]",
+        "command",
+        "[\"/usr/bin/pg_isready\", \"-q\"]",
+    ));
+    assert_eq!(exec.name, "exec-pg_isready");
+    assert_eq!(
+        exec.probe,
+        ProbeSpec::Exec(ExecProbe {
+            command: vec!["/usr/bin/pg_isready".to_owned(), "-q".to_owned()]
+        })
+    );
+}
+
+#[test]
+fn check_values_are_taken_as_written() {
+    let c = only_check(
+        check_cfg("http")
+            .set("[[check]]", "name", "\"nginx\"")
+            .set("[[check]]", "port", "8080")
+            .set("[[check]]", "path", "\"/healthz?full=1\"")
+            .set("[[check]]", "body-contains", "\"ok\"")
+            .set("[[check]]", "interval", "\"2s\"")
+            .set("[[check]]", "timeout", "\"1s\"")
+            .set("[[check]]", "rise", "3")
+            .set("[[check]]", "fall", "1"),
+    );
+    assert_eq!(c.name, "nginx");
+    let ProbeSpec::Http(h) = &c.probe else {
+        panic!("{c:?}")
+    };
+    assert_eq!((h.port, h.path.as_str()), (8080, "/healthz?full=1"));
+    assert_eq!(h.body_contains.as_deref(), Some("ok"));
+    assert_eq!(
+        (c.interval, c.timeout, c.rise, c.fall),
+        (Duration::from_secs(2), Duration::from_secs(1), 3, 1)
+    );
+}
+
+#[test]
+fn check_status_has_three_spellings() {
+    for (written, lo, hi) in [
+        ("\"200-299\"", 200, 299),
+        ("\"204\"", 204, 204),
+        ("[200, 204]", 200, 204),
+        ("301", 301, 301),
+    ] {
+        let c = only_check(check_cfg("http").set("[[check]]", "status", written));
+        let ProbeSpec::Http(h) = c.probe else {
+            panic!()
+        };
+        assert_eq!(h.status, StatusRange { lo, hi }, "{written}");
+    }
+}
+
+#[test]
+fn a_short_interval_shortens_the_default_timeout() {
+    let c = only_check(check_cfg("tcp").set("[[check]]", "port", "22").set(
+        "[[check]]",
+        "interval",
+        "\"300ms\"",
+    ));
+    assert_eq!(c.timeout, Duration::from_millis(150));
+}
+
+#[test]
+fn each_check_rule_names_its_key() {
+    let cases: Vec<(Cfg, &str, &str)> = vec![
+        (
+            Cfg::minimal().set("[[check]]", "port", "80"),
+            "check[0].kind",
+            "missing",
+        ),
+        (
+            check_cfg("icmp"),
+            "check[0].kind",
+            "\"icmp\" is not a check kind",
+        ),
+        (check_cfg("tcp"), "check[0].port", "missing"),
+        (check_cfg("exec"), "check[0].command", "missing"),
+        (
+            check_cfg("exec").set("[[check]]", "command", "[]"),
+            "check[0].command",
+            "empty command",
+        ),
+        (
+            check_cfg("exec").set("[[check]]", "command", "[\"\"]"),
+            "check[0].command[0]",
+            "must not be empty",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "port", "0"),
+            "check[0].port",
+            "out of range",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "port", "65536"),
+            "check[0].port",
+            "out of range",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "host", "\"localhost\""),
+            "check[0].host",
+            "not an IP address",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "host", "\"127.0.0.1:80\""),
+            "check[0].host",
+            "port = N",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "host", "\"0.0.0.0\""),
+            "check[0].host",
+            "unicast",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "path", "\"health\""),
+            "check[0].path",
+            "must start with '/'",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "path", "\"/a b\""),
+            "check[0].path",
+            "percent-encode",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "status", "\"200-\""),
+            "check[0].status",
+            "not a status range",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "status", "\"399-200\""),
+            "check[0].status",
+            "empty",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "status", "[200, 700]"),
+            "check[0].status",
+            "100..=599",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "status", "[200]"),
+            "check[0].status",
+            "not a status range",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "status", "true"),
+            "check[0].status",
+            "a status range like",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "body-contains", "\"\""),
+            "check[0].body-contains",
+            "must not be empty",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "interval", "\"10ms\""),
+            "check[0].interval",
+            "too short",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "interval", "1"),
+            "check[0].interval",
+            "with a unit",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "timeout", "\"0s\""),
+            "check[0].timeout",
+            "must not be zero",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "timeout", "\"1s\""),
+            "check[0].timeout",
+            "must be shorter than check[0].interval (1s)",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "rise", "0"),
+            "check[0].rise",
+            "out of range",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "fall", "101"),
+            "check[0].fall",
+            "out of range",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "name", "\"my check\""),
+            "check[0].name",
+            "characters other than",
+        ),
+        (
+            check_cfg("tcp")
+                .set("[[check]]", "port", "22")
+                .set("[[check]]", "path", "\"/\""),
+            "check[0].path",
+            "does not apply to kind = \"tcp\": only to kind = \"http\"",
+        ),
+        (
+            check_cfg("exec")
+                .set("[[check]]", "command", "[\"/bin/true\"]")
+                .set("[[check]]", "port", "80"),
+            "check[0].port",
+            "only to kind = \"http\" or \"tcp\"",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "command", "[\"/bin/true\"]"),
+            "check[0].command",
+            "does not apply to kind = \"http\"",
+        ),
+        (
+            check_cfg("http").set("[[check]]", "url", "\"http://x/\""),
+            "check[0].url",
+            "unknown key",
+        ),
+    ];
+    for (cfg, key, needle) in cases {
+        let text = cfg.text();
+        let got = problems(&text);
+        assert!(
+            got.iter()
+                .any(|p| p.key == key && p.message.contains(needle)),
+            "expected {key}: ...{needle}... from:\n{text}\ngot {got:#?}"
+        );
+        assert!(
+            got.iter().all(|p| p.line.is_some()),
+            "every check problem has a line: {got:#?}"
+        );
+    }
+}
+
+#[test]
+fn check_names_are_unique_and_derived_ones_are_told_apart() {
+    let base = Cfg::minimal().text();
+    let two = |a: &str, b: &str| format!("{base}[[check]]\n{a}\n\n[[check]]\n{b}\n");
+    let s = parse(
+        &two("kind = \"http\"", "kind = \"http\"\npath = \"/other\""),
+        Path::new("t.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = s.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["http-80", "http-80-1"]);
+
+    let text = two(
+        "kind = \"http\"\nname = \"web\"",
+        "kind = \"tcp\"\nport = 443\nname = \"web\"",
+    );
+    let got = problems(&text);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].key, "check[1].name");
+    assert!(got[0].message.contains("already used by check[0]"));
+    // The second table's name: after minimal()'s text come the first table's header, kind,
+    // name, a blank line, then the second's header, kind, port and name.
+    let expected_line = base.lines().count() + 8;
+    assert_eq!(got[0].line, Some(expected_line), "{text}");
+}
+
+#[test]
+fn too_many_checks_are_refused() {
+    let mut text = Cfg::minimal().text();
+    for _ in 0..=MAX_CHECKS {
+        text.push_str("[[check]]\nkind = \"http\"\n\n");
+    }
+    let keys = keys(&text);
+    assert!(keys.contains(&format!("check[{MAX_CHECKS}]")), "{keys:?}");
+}
+
+#[test]
+fn check_written_as_a_single_table_is_explained() {
+    let text = format!("{}[check]\nkind = \"http\"\n", Cfg::minimal().text());
+    let got = problems(&text);
+    assert!(
+        got.iter()
+            .any(|p| p.key == "check" && p.message.contains("[[check]] (double brackets)")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn summary_lists_the_checks() {
+    let s = parse(EXAMPLE, Path::new("conf/enipeer.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let summary = s.summary();
+    assert!(
+        summary.contains(
+            "check      http-80: GET http://<ENI address>:80/ status 200-399, every 1s, timeout 500ms, rise 2, fall 2"
+        ),
+        "{summary}"
+    );
 }

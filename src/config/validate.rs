@@ -29,12 +29,12 @@ pub(crate) struct Validated {
     pub problems: Vec<Problem>,
 }
 
-struct Checker {
-    problems: Vec<Problem>,
+pub(super) struct Checker {
+    pub(super) problems: Vec<Problem>,
 }
 
 impl Checker {
-    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             key: key.into(),
             line: None,
@@ -42,7 +42,12 @@ impl Checker {
         });
     }
 
-    fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         let Some(text) = value else { return default };
         match humantime::parse_duration(text) {
             Ok(d) => d,
@@ -59,7 +64,7 @@ impl Checker {
     }
 
     /// A duration that must be at least `min` (use 1ns for "non-zero").
-    fn duration_min(
+    pub(super) fn duration_min(
         &mut self,
         key: &str,
         value: Option<&str>,
@@ -85,12 +90,17 @@ impl Checker {
         d
     }
 
-    fn nonzero(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn nonzero(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         self.duration_min(key, value, default, Duration::from_nanos(1))
     }
 
     /// An integer in `lo..=hi`; `what` explains the range when it is not obvious.
-    fn int<T: TryFrom<i64>>(
+    pub(super) fn int<T: TryFrom<i64>>(
         &mut self,
         key: &str,
         value: Option<i64>,
@@ -320,6 +330,8 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
         })
     });
 
+    let checks = super::check::checks(&mut c, raw.check.as_deref().unwrap_or_default());
+
     let settings = match (node, peers, group, heartbeat, key_file.clone()) {
         (Some(node), Some(peers), Some(group), Some(heartbeat), Some(key_file))
             if c.problems.is_empty() && failed.is_empty() =>
@@ -335,6 +347,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
                 hooks,
                 control,
                 stop,
+                checks,
                 testing,
             })
         }

@@ -116,4 +116,14 @@ pub struct Advert {
     pub stopping_ms: u32,
     /// A backup with preempt on and a higher priority asks the master for an orderly handover.
     pub wants_master: bool,
+    /// The sender's own service checks pass (always true without checks). An unhealthy node is
+    /// never chosen to take the ENI.
+    pub healthy: bool,
+}
+
+impl Advert {
+    /// The sender says it is master and holds the ENI itself.
+    pub fn claims_eni(&self) -> bool {
+        self.role == Role::Master && self.holder == HolderBelief::Instance(self.instance_id.clone())
+    }
 }

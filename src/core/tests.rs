@@ -2,23 +2,30 @@
 
 use super::*;
 
-const A: &str = "i-000000a0";
-const B: &str = "i-000000b0";
+pub(super) const A: &str = "i-000000a0";
+pub(super) const B: &str = "i-000000b0";
 const C: &str = "i-000000c0";
 
-fn ms(v: u64) -> Time {
+pub(super) fn ms(v: u64) -> Time {
     Duration::from_millis(v)
 }
 
-fn node_a() -> Node {
+pub(super) fn node_a() -> Node {
     Node::new(CoreConfig::example("node-a", A, &[("node-b", None)]), ms(0))
 }
 
-fn node_b() -> Node {
+pub(super) fn node_b() -> Node {
     Node::new(CoreConfig::example("node-b", B, &[("node-a", None)]), ms(0))
 }
 
-fn heartbeat(from: &Node, name: &str) -> Event {
+/// node-b with a corroborating probe that must fail twice.
+pub(super) fn node_b_corroborated() -> Node {
+    let mut cfg = CoreConfig::example("node-b", B, &[("node-a", None)]);
+    cfg.corroborate_fall = Some(2);
+    Node::new(cfg, ms(0))
+}
+
+pub(super) fn heartbeat(from: &Node, name: &str) -> Event {
     Event::Heartbeat {
         peer: name.into(),
         advert: from.advert(),
@@ -26,11 +33,11 @@ fn heartbeat(from: &Node, name: &str) -> Event {
     }
 }
 
-fn has(actions: &[Action], pred: impl Fn(&Action) -> bool) -> bool {
+pub(super) fn has(actions: &[Action], pred: impl Fn(&Action) -> bool) -> bool {
     actions.iter().any(pred)
 }
 
-fn claim_of(actions: &[Action]) -> Option<(Option<String>, bool, ClaimKind)> {
+pub(super) fn claim_of(actions: &[Action]) -> Option<(Option<String>, bool, ClaimKind)> {
     actions.iter().find_map(|a| match a {
         Action::Claim {
             expected_holder,
@@ -42,7 +49,7 @@ fn claim_of(actions: &[Action]) -> Option<(Option<String>, bool, ClaimKind)> {
     })
 }
 
-fn transitioned_to(actions: &[Action], role: Role) -> Option<String> {
+pub(super) fn transitioned_to(actions: &[Action], role: Role) -> Option<String> {
     actions.iter().find_map(|a| match a {
         Action::Transitioned { to, reason, .. } if *to == role => Some(reason.clone()),
         _ => None,
@@ -50,7 +57,7 @@ fn transitioned_to(actions: &[Action], role: Role) -> Option<String> {
 }
 
 /// node-a as master, node-b heard and alive.
-fn master_a(now: Time) -> (Node, Node) {
+pub(super) fn master_a(now: Time) -> (Node, Node) {
     let mut a = node_a();
     let mut b = node_b();
     a.start(ms(0));
@@ -126,13 +133,50 @@ fn backup_while_the_holder_is_alive_then_claims_with_force_when_it_is_silent() {
 }
 
 #[test]
-fn a_holder_never_heard_gets_one_dead_interval_after_start() {
+fn a_holder_never_heard_is_not_forced_off_on_silence_alone() {
     let mut b = node_b();
     b.start(ms(0));
     b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
     assert_eq!(b.role(), Role::Backup);
+    let out = b.handle(Event::Tick, ms(1100));
+    assert!(
+        claim_of(&out).is_none(),
+        "a wrong key looks like this: {out:?}"
+    );
+    assert!(has(&out, |x| matches!(
+        x,
+        Action::Alert(Alert::PeerNeverHeard { peer, .. }) if peer == "node-a"
+    )));
+    // Paced: not again at once, but again after ALERT_EVERY.
+    let out = b.handle(Event::Tick, ms(1200));
+    assert!(!has(&out, |x| matches!(x, Action::Alert(_))));
+    let out = b.handle(Event::Tick, ms(1100) + ALERT_EVERY);
+    assert!(has(&out, |x| matches!(x, Action::Alert(_))));
+    assert!(claim_of(&out).is_none());
+}
+
+#[test]
+fn a_holder_never_heard_is_replaced_once_the_probe_says_its_service_is_down() {
+    let mut b = node_b_corroborated();
+    b.start(ms(0));
+    b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    b.handle(
+        Event::EniProbe {
+            sent: ms(500),
+            ok: false,
+        },
+        ms(600),
+    );
+    b.handle(
+        Event::EniProbe {
+            sent: ms(800),
+            ok: false,
+        },
+        ms(900),
+    );
     assert!(claim_of(&b.handle(Event::Tick, ms(900))).is_none());
-    assert!(claim_of(&b.handle(Event::Tick, ms(1100))).is_some());
+    let (expected, force, _) = claim_of(&b.handle(Event::Tick, ms(1100))).expect("claims");
+    assert_eq!((expected.as_deref(), force), (Some(A), true));
 }
 
 #[test]
@@ -242,7 +286,7 @@ fn master_keeps_serving_when_the_cloud_is_unreachable() {
     let (mut a, _) = master_a(ms(100));
     a.handle(Event::Tick, ms(5100));
     a.handle(
-        Event::CloudState(Err(Failure::transient("timeout"))),
+        Event::CloudState(Err(Failure::retryable("timeout"))),
         ms(5200),
     );
     assert_eq!(a.role(), Role::Master);
@@ -518,7 +562,7 @@ fn permanent_cloud_error_at_start_is_a_fault_and_transient_is_retried() {
     let mut a = node_a();
     a.start(ms(0));
     a.handle(
-        Event::CloudState(Err(Failure::transient("throttled"))),
+        Event::CloudState(Err(Failure::retryable("throttled"))),
         ms(10),
     );
     assert_eq!(a.role(), Role::Starting);
@@ -542,11 +586,13 @@ fn permanent_cloud_error_at_start_is_a_fault_and_transient_is_retried() {
 #[test]
 fn a_failed_claim_backs_off_before_trying_again() {
     let mut b = node_b();
+    let a = node_a();
     b.start(ms(0));
     b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    b.handle(heartbeat(&a, "node-a"), ms(20));
     b.handle(Event::Tick, ms(1100));
     assert_eq!(b.role(), Role::Claiming);
-    b.handle(Event::ClaimDone(Err(Failure::transient("5xx"))), ms(1200));
+    b.handle(Event::ClaimDone(Err(Failure::retryable("5xx"))), ms(1200));
     assert_eq!(b.role(), Role::Backup);
     assert!(claim_of(&b.handle(Event::Tick, ms(2000))).is_none());
     assert!(claim_of(&b.handle(Event::Tick, ms(3300))).is_some());

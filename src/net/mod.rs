@@ -5,6 +5,7 @@
 //! [`HostNet`] adapter applies and removes exactly that plan. [`netlink::NetlinkNet`] is the real
 //! adapter (the only code that speaks rtnetlink); [`NoopNet`] stands in for unprivileged tests.
 //! [`coexist`] finds other network managers that would fight over the hot-plugged interface.
+//! [`error`] holds the typed errors every adapter returns.
 //!
 //! The daemon's calling order, per ENI:
 //! 1. [`HostNet::prepare`] before the attach is requested, so a fast hot-plug is never missed;
@@ -14,42 +15,16 @@
 //! 4. [`HostNet::remove`] on release or step-down, and when `LinkGone` arrives.
 
 pub mod coexist;
+pub mod error;
 pub mod netlink;
 pub mod plan;
 
 pub use coexist::coexistence_warnings;
-pub use plan::{NetPlan, RouteSpec, RuleSpec};
+pub use error::{NetError, NetErrorKind, NetObject, ObjectError, TeardownError};
+pub use plan::{AddrSpec, NetPlan, RouteSpec, RuleSpec};
 
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
-
-/// A host network error with a short machine label (`kind`) for logs and metrics.
-///
-/// Kinds used by the netlink adapter: `bad-mac` (the plan's MAC does not parse), `link-timeout`
-/// (the hot-plugged link did not appear in time), `link-gone` (reconcile found no link),
-/// `rename` (the configured name is taken or invalid), `netlink` (the kernel refused a request or
-/// the socket failed), `sysctl` (reading or writing rp_filter failed), `teardown` (one or more
-/// removal steps failed; the message lists every one).
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}: {message}")]
-pub struct NetError {
-    pub kind: &'static str,
-    pub message: String,
-}
-
-impl NetError {
-    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
-        NetError {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// The short machine label, as the other adapters' errors offer it.
-    pub fn kind(&self) -> &'static str {
-        self.kind
-    }
-}
 
 /// What applying, reconciling or removing a plan changed, for logs and the timeline.
 #[derive(Debug, Clone, Default)]
@@ -83,7 +58,8 @@ pub trait HostNet: Send + Sync {
     /// when it is not there). `changed` lists what was missing.
     fn reconcile<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>>;
     /// Remove exactly what the plan added. A link that is already gone is success; every step is
-    /// attempted and all failures are reported together (`teardown`).
+    /// attempted and all failures are reported together (`teardown`, with a [`TeardownError`]
+    /// listing each failed object).
     fn remove<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>>;
     /// Report link loss and drift for this plan until the receiver is dropped or the link goes.
     /// The channel closes when the watch ends (after `LinkGone`, or if the event socket fails);

@@ -1,6 +1,8 @@
 //! The desired host network state for one ENI, as a value that tests can compare: which link,
-//! which addresses, which policy rules and which routes in the ENI's own table.
+//! which addresses, which policy rules and which routes in the ENI's own table. Each spec
+//! displays the way `ip` would write it, which is how logs and change reports name it.
 
+use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::cloud::{EniInfo, Ipv4Net};
@@ -14,7 +16,7 @@ pub struct NetPlan {
     pub rename_to: Option<String>,
     pub mtu: Option<u32>,
     /// The primary IP with the subnet's prefix, then the secondary IPs as /32.
-    pub addresses: Vec<Ipv4Net>,
+    pub addresses: Vec<AddrSpec>,
     /// The ENI's own routing table.
     pub table: u32,
     /// One `from <ip> lookup <table>` per address, so replies leave through the ENI (AWS drops
@@ -24,6 +26,13 @@ pub struct NetPlan {
     pub routes: Vec<RouteSpec>,
     /// Reverse-path filter for the link; `None` leaves it alone.
     pub rp_filter: Option<u8>,
+}
+
+/// An address on the ENI's link: `<addr>/<prefix>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrSpec {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
 }
 
 /// `from <from>/32 lookup <table> priority <priority>`.
@@ -51,7 +60,7 @@ impl NetPlan {
             addr: network_of(c),
             prefix: c.prefix,
         });
-        let primary = Ipv4Net {
+        let primary = AddrSpec {
             addr: info.primary_ip,
             prefix: subnet.map(|s| s.prefix).unwrap_or(32),
         };
@@ -60,7 +69,7 @@ impl NetPlan {
             // EC2 lists the primary among the private IPs in some answers; adding it twice
             // (once /32) would make the host answer from a second, unintended address entry.
             if addresses.iter().all(|a| a.addr != addr) {
-                addresses.push(Ipv4Net { addr, prefix: 32 });
+                addresses.push(AddrSpec { addr, prefix: 32 });
             }
         }
         let table = net.route_table;
@@ -113,6 +122,37 @@ impl NetPlan {
     /// The subnet gateway, when the plan has a default route.
     pub fn gateway(&self) -> Option<Ipv4Addr> {
         self.routes.iter().find_map(|r| r.via)
+    }
+}
+
+impl fmt::Display for AddrSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "from {} lookup {} priority {}",
+            self.from, self.table, self.priority
+        )
+    }
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dst.prefix == 0 {
+            f.write_str("default")?;
+        } else {
+            write!(f, "{}/{}", self.dst.addr, self.dst.prefix)?;
+        }
+        match self.via {
+            Some(gw) => write!(f, " via {gw}")?,
+            None => f.write_str(" scope link")?,
+        }
+        write!(f, " src {} table {}", self.src, self.table)
     }
 }
 
@@ -169,6 +209,14 @@ mod tests {
         }
     }
 
+    fn addr(s: &str) -> AddrSpec {
+        let n = net(s);
+        AddrSpec {
+            addr: n.addr,
+            prefix: n.prefix,
+        }
+    }
+
     fn rule(from: &str, priority: u32, table: u32) -> RuleSpec {
         RuleSpec {
             from: ip(from),
@@ -198,7 +246,7 @@ mod tests {
                 mac: "0a:1b:2c:3d:4e:5f".into(),
                 rename_to: None,
                 mtu: None,
-                addresses: vec![net("198.18.1.25/24")],
+                addresses: vec![addr("198.18.1.25/24")],
                 table: 10001,
                 rules: vec![rule("198.18.1.25", 10001, 10001)],
                 routes: vec![
@@ -225,9 +273,9 @@ mod tests {
         assert_eq!(
             plan.addresses,
             vec![
-                net("198.18.1.25/24"),
-                net("198.18.1.26/32"),
-                net("198.18.1.40/32")
+                addr("198.18.1.25/24"),
+                addr("198.18.1.26/32"),
+                addr("198.18.1.40/32")
             ]
         );
         assert_eq!(
@@ -249,7 +297,7 @@ mod tests {
             &eni("198.18.3.37", &["198.18.3.38"], Some("198.18.3.32/28")),
             &settings(10001, 10001),
         );
-        assert_eq!(plan.addresses[0], net("198.18.3.37/28"));
+        assert_eq!(plan.addresses[0], addr("198.18.3.37/28"));
         assert_eq!(
             plan.routes,
             vec![
@@ -266,7 +314,7 @@ mod tests {
             &eni("198.18.21.7", &[], Some("198.18.21.7/20")),
             &settings(10002, 10002),
         );
-        assert_eq!(plan.addresses, vec![net("198.18.21.7/20")]);
+        assert_eq!(plan.addresses, vec![addr("198.18.21.7/20")]);
         assert_eq!(
             plan.routes,
             vec![
@@ -300,7 +348,7 @@ mod tests {
     #[test]
     fn unknown_subnet_gives_host_address_and_no_routes() {
         let plan = NetPlan::build(&eni("198.18.1.25", &[], None), &settings(10001, 10001));
-        assert_eq!(plan.addresses, vec![net("198.18.1.25/32")]);
+        assert_eq!(plan.addresses, vec![addr("198.18.1.25/32")]);
         assert!(plan.routes.is_empty());
         assert_eq!(plan.rules.len(), 1);
         assert_eq!(plan.gateway(), None);
@@ -315,6 +363,29 @@ mod tests {
         assert_eq!(
             plan.routes,
             vec![route("198.18.1.24/31", None, "198.18.1.24", 10001)]
+        );
+    }
+
+    #[test]
+    fn specs_display_as_ip_writes_them() {
+        let plan = NetPlan::build(
+            &eni("198.18.1.25", &["198.18.1.26"], Some("198.18.1.0/24")),
+            &settings(10001, 10002),
+        );
+        let shown = |v: &[String]| v.join(" | ");
+        let addrs: Vec<String> = plan.addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(shown(&addrs), "198.18.1.25/24 | 198.18.1.26/32");
+        let rules: Vec<String> = plan.rules.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown(&rules),
+            "from 198.18.1.25 lookup 10001 priority 10002 | \
+             from 198.18.1.26 lookup 10001 priority 10002"
+        );
+        let routes: Vec<String> = plan.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown(&routes),
+            "198.18.1.0/24 scope link src 198.18.1.25 table 10001 | \
+             default via 198.18.1.1 src 198.18.1.25 table 10001"
         );
     }
 }

@@ -279,6 +279,7 @@ mod tests {
                 yield_msg: YieldMsg::None,
                 stopping_ms: 0,
                 wants_master: false,
+                healthy: true,
             },
         }
     }

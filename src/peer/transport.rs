@@ -377,6 +377,7 @@ mod tests {
             yield_msg: YieldMsg::None,
             stopping_ms: 0,
             wants_master: false,
+            healthy: true,
         }
     }
 
@@ -497,6 +498,7 @@ mod tests {
         );
         let from_b = Advert {
             wants_master: true,
+            healthy: true,
             yield_msg: YieldMsg::Accept {
                 id: 3,
                 to: "a".into(),

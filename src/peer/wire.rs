@@ -9,7 +9,7 @@
 //! role u8 | priority u8 | instance id string
 //! holder: tag u8 (0 unknown, 1 nobody, 2 instance + string)
 //! yield:  tag u8 (0 none, 1 offer, 2 accept, 3 reject, 4 released; 1-4 then id u32 + string)
-//! stopping_ms u32 | flags u8 (bit 0 wants_master, the rest must be 0)
+//! stopping_ms u32 | flags u8 (bit 0 wants_master, bit 1 unhealthy, the rest must be 0)
 //! HMAC-SHA256 (32 bytes) over everything before it
 //! ```
 //!
@@ -37,6 +37,7 @@ const MIN_BODY_LEN: usize = 4 + 1 + 8 + 8 + 8 + 1 + 1 + 1 + 1 + 1 + 4 + 1;
 pub const MIN_PACKET: usize = PREAMBLE_LEN + MIN_BODY_LEN + MAC_LEN;
 
 const FLAG_WANTS_MASTER: u8 = 0x01;
+const FLAG_UNHEALTHY: u8 = 0x02;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -156,7 +157,16 @@ pub(crate) fn encode_parts(h: &Header, a: &Advert, key: &[u8]) -> Result<Vec<u8>
         put_str(&mut out, "yield target", to)?;
     }
     out.extend_from_slice(&a.stopping_ms.to_be_bytes());
-    out.push(if a.wants_master { FLAG_WANTS_MASTER } else { 0 });
+    // Unhealthy rather than healthy as the bit, so a healthy node's packets stay what a node
+    // from before health checks accepts (it rejects unknown bits).
+    let mut flags = 0;
+    if a.wants_master {
+        flags |= FLAG_WANTS_MASTER;
+    }
+    if !a.healthy {
+        flags |= FLAG_UNHEALTHY;
+    }
+    out.push(flags);
 
     let mut mac = new_mac(key)?;
     mac.update(&out);
@@ -226,7 +236,7 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Packet, WireError> {
     };
     let stopping_ms = r.u32()?;
     let flags = r.u8()?;
-    if flags & !FLAG_WANTS_MASTER != 0 {
+    if flags & !(FLAG_WANTS_MASTER | FLAG_UNHEALTHY) != 0 {
         return Err(WireError::Malformed("reserved flag bits set"));
     }
     if !r.buf.is_empty() {
@@ -242,6 +252,7 @@ pub fn decode(buf: &[u8], key: &[u8]) -> Result<Packet, WireError> {
             yield_msg,
             stopping_ms,
             wants_master: flags & FLAG_WANTS_MASTER != 0,
+            healthy: flags & FLAG_UNHEALTHY == 0,
         },
     })
 }
@@ -320,6 +331,7 @@ mod tests {
             },
             stopping_ms: 5000,
             wants_master: true,
+            healthy: false,
         }
     }
 
@@ -395,6 +407,7 @@ mod tests {
                                 holder: holder.clone(),
                                 yield_msg: y.clone(),
                                 wants_master,
+                                healthy: !wants_master,
                                 stopping_ms: u32::MAX,
                                 ..advert()
                             },
@@ -526,7 +539,7 @@ mod tests {
 
         let mut b = base.clone();
         let last = b.len() - 1;
-        b[last] |= 0x02;
+        b[last] |= 0x04;
         assert_eq!(
             decode(&resign(b), KEY).unwrap_err(),
             WireError::Malformed("reserved flag bits set")

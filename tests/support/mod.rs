@@ -437,6 +437,7 @@ pub fn settings(
             restart_grace: Duration::from_secs(30),
             handover_timeout: Duration::from_secs(10),
         },
+        checks: Vec::new(),
         testing: None,
     }
 }

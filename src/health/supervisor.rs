@@ -1,0 +1,336 @@
+//! Which checks run where, and what their reports mean for the core.
+//!
+//! Every `[[check]]` runs on every node as an *own* check against its target. A check whose
+//! target is the ENI's address (the default) tells about this node's own service only while it
+//! is master (only then is the address here); on a backup its answers come from whoever holds
+//! the ENI, so there it does not count for the backup's own health. Checks with an explicit host
+//! and exec checks always count.
+//!
+//! The first http or tcp check also runs as the *corroborating probe*: the same definition
+//! against the ENI's address from this node's primary address, the way clients reach the
+//! service. Its raw results go to the core, which counts them against a holder's silence. It runs
+//! at the check's interval while heartbeats flow and is poked at the heartbeat cadence once they
+//! are late ([`Supervisor::poke_through_eni`]), with a timeout no longer than the heartbeat
+//! interval, so that `fall` fresh failures are known by the time the dead interval ends.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{spawn, CheckHandle, CheckReport, HealthState, ProbeTarget};
+use crate::config::{CheckHost, CheckSettings, ProbeSpec};
+
+/// The report id of the corroborating probe (own checks use their index).
+const THROUGH_ENI: usize = usize::MAX;
+
+/// What one report means for the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// This node's own health changed.
+    Own { healthy: bool, detail: String },
+    /// One corroborating probe through the ENI, started at `sent`.
+    ThroughEni { sent: Instant, ok: bool },
+}
+
+/// One check as `enipeer role` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckView {
+    pub name: String,
+    pub state: HealthState,
+    /// Counts toward this node's own health right now.
+    pub counts: bool,
+    pub last_error: Option<String>,
+}
+
+struct Own {
+    check: CheckSettings,
+    handle: Option<CheckHandle>,
+    state: HealthState,
+    last_error: Option<String>,
+}
+
+impl Own {
+    fn targets_eni(&self) -> bool {
+        matches!(self.check.probe.host(), Some(CheckHost::EniAddress))
+    }
+}
+
+pub struct Supervisor {
+    own: Vec<Own>,
+    /// The definition the corroborating probe uses, with its cadence and timeout adapted.
+    through_eni: Option<CheckSettings>,
+    through_eni_handle: Option<CheckHandle>,
+    primary: IpAddr,
+    eni: Option<IpAddr>,
+    master: bool,
+    healthy: bool,
+    reports: mpsc::Sender<CheckReport>,
+}
+
+impl Supervisor {
+    /// Starts the checks that need no ENI address. `primary` is this node's own address (the
+    /// heartbeat bind address), the source of the corroborating probe.
+    pub fn new(
+        checks: &[CheckSettings],
+        primary: IpAddr,
+        heartbeat_interval: Duration,
+        reports: mpsc::Sender<CheckReport>,
+    ) -> Self {
+        let own = checks
+            .iter()
+            .map(|c| Own {
+                check: c.clone(),
+                handle: None,
+                state: HealthState::Unknown,
+                last_error: None,
+            })
+            .collect();
+        let mut s = Supervisor {
+            own,
+            through_eni: corroborating(checks, heartbeat_interval),
+            through_eni_handle: None,
+            primary,
+            eni: None,
+            master: false,
+            healthy: true,
+            reports,
+        };
+        s.start_own();
+        s
+    }
+
+    /// The `fall` the core counts corroborating failures against; `None` without a probe.
+    pub fn corroborate_fall(checks: &[CheckSettings]) -> Option<u32> {
+        corroborating(checks, Duration::from_secs(1)).map(|c| c.fall)
+    }
+
+    /// The ENI's primary address, once the cloud told it: starts what targets it.
+    pub fn eni_known(&mut self, eni: IpAddr) {
+        if self.eni == Some(eni) {
+            return;
+        }
+        self.eni = Some(eni);
+        for o in self.own.iter_mut().filter(|o| o.targets_eni()) {
+            o.handle = None;
+            o.state = HealthState::Unknown;
+        }
+        self.start_own();
+        if let Some(c) = &self.through_eni {
+            let target = ProbeTarget::through_eni(eni, self.primary);
+            let handle = spawn(THROUGH_ENI, c.clone(), target, self.reports.clone());
+            self.through_eni_handle = Some(handle);
+        }
+    }
+
+    fn start_own(&mut self) {
+        for (i, o) in self.own.iter_mut().enumerate() {
+            if o.handle.is_some() {
+                continue;
+            }
+            let target = match (o.check.probe.host(), self.eni) {
+                (Some(CheckHost::Ip(ip)), _) => ProbeTarget { ip, source: None },
+                (Some(CheckHost::EniAddress), Some(eni)) => ProbeTarget::of_check(&o.check, eni),
+                (Some(CheckHost::EniAddress), None) => continue,
+                // Exec probes are told the ENI's address when it is known.
+                (None, eni) => ProbeTarget {
+                    ip: eni.unwrap_or(self.primary),
+                    source: None,
+                },
+            };
+            o.handle = Some(spawn(i, o.check.clone(), target, self.reports.clone()));
+        }
+    }
+
+    /// The role changed: checks on the ENI's address count for own health only on a master.
+    pub fn set_master(&mut self, master: bool) -> Option<Verdict> {
+        self.master = master;
+        self.recompute()
+    }
+
+    /// Heartbeats from the holder are late: probe through the ENI now rather than at the next
+    /// interval, so the core has fresh results when the dead interval ends.
+    pub fn poke_through_eni(&self) {
+        if let Some(h) = &self.through_eni_handle {
+            h.probe_now();
+        }
+    }
+
+    pub fn on_report(&mut self, r: &CheckReport) -> Option<Verdict> {
+        if r.id == THROUGH_ENI {
+            return Some(Verdict::ThroughEni {
+                sent: r.started,
+                ok: r.result.is_ok(),
+            });
+        }
+        let o = self.own.get_mut(r.id)?;
+        o.state = r.state;
+        o.last_error = r.result.as_ref().err().map(|e| e.to_string());
+        self.recompute()
+    }
+
+    /// Own health: no counting check is down (unknown counts as healthy: a node is not
+    /// punished for checks that have not run yet).
+    fn recompute(&mut self) -> Option<Verdict> {
+        let failing: Vec<String> = self
+            .own
+            .iter()
+            .filter(|o| self.counts(o) && o.state == HealthState::Down)
+            .map(|o| match &o.last_error {
+                Some(e) => format!("{}: {e}", o.check.name),
+                None => o.check.name.clone(),
+            })
+            .collect();
+        let healthy = failing.is_empty();
+        if healthy == self.healthy {
+            return None;
+        }
+        self.healthy = healthy;
+        let detail = if healthy {
+            "all checks pass".to_string()
+        } else {
+            failing.join("; ")
+        };
+        Some(Verdict::Own { healthy, detail })
+    }
+
+    fn counts(&self, o: &Own) -> bool {
+        self.master || !o.targets_eni()
+    }
+
+    pub fn views(&self) -> Vec<CheckView> {
+        self.own
+            .iter()
+            .map(|o| CheckView {
+                name: o.check.name.clone(),
+                state: o.state,
+                counts: self.counts(o),
+                last_error: o.last_error.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The corroborating probe's definition: the first http or tcp check, with its timeout capped
+/// at the heartbeat interval (at least 100 ms) so that two fresh failures fit in a dead interval.
+fn corroborating(checks: &[CheckSettings], heartbeat: Duration) -> Option<CheckSettings> {
+    let c = checks
+        .iter()
+        .find(|c| matches!(c.probe, ProbeSpec::Http(_) | ProbeSpec::Tcp(_)))?;
+    let mut c = c.clone();
+    c.name = format!("{} (through the ENI)", c.name);
+    c.timeout = c.timeout.min(heartbeat.max(Duration::from_millis(100)));
+    c.interval = c.interval.max(c.timeout + Duration::from_millis(1));
+    Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    use super::super::ProbeError;
+    use super::*;
+    use crate::config::{HttpProbe, StatusRange};
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn http(host: CheckHost, name: &str) -> CheckSettings {
+        CheckSettings {
+            name: name.into(),
+            probe: ProbeSpec::Http(HttpProbe {
+                host,
+                port: 9,
+                path: "/".into(),
+                status: StatusRange::DEFAULT,
+                body_contains: None,
+            }),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+        }
+    }
+
+    fn report(id: usize, state: HealthState, ok: bool) -> CheckReport {
+        CheckReport {
+            id,
+            name: Arc::from("x"),
+            target: ProbeTarget {
+                ip: LOOPBACK,
+                source: None,
+            },
+            result: if ok {
+                Ok(super::super::Passed::Connected)
+            } else {
+                Err(ProbeError::TimedOut {
+                    timeout: Duration::from_millis(1),
+                })
+            },
+            started: Instant::now(),
+            duration: Duration::ZERO,
+            state,
+            change: None,
+        }
+    }
+
+    fn supervisor(checks: &[CheckSettings]) -> Supervisor {
+        let (tx, _rx) = mpsc::channel(8);
+        Supervisor::new(checks, LOOPBACK, Duration::from_millis(200), tx)
+    }
+
+    #[tokio::test]
+    async fn an_eni_check_counts_for_own_health_only_on_a_master() {
+        let mut s = supervisor(&[http(CheckHost::EniAddress, "web")]);
+        assert_eq!(s.on_report(&report(0, HealthState::Down, false)), None);
+        let v = s.set_master(true);
+        assert!(
+            matches!(v, Some(Verdict::Own { healthy: false, ref detail }) if detail.contains("web"))
+        );
+        assert_eq!(
+            s.set_master(false),
+            Some(Verdict::Own {
+                healthy: true,
+                detail: "all checks pass".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_check_with_its_own_host_always_counts_and_unknown_is_healthy() {
+        let mut s = supervisor(&[
+            http(CheckHost::EniAddress, "web"),
+            http(CheckHost::Ip(LOOPBACK), "local"),
+        ]);
+        assert_eq!(s.on_report(&report(1, HealthState::Unknown, false)), None);
+        assert!(matches!(
+            s.on_report(&report(1, HealthState::Down, false)),
+            Some(Verdict::Own { healthy: false, .. })
+        ));
+        assert!(s.views().iter().all(|v| v.counts == (v.name == "local")));
+    }
+
+    #[tokio::test]
+    async fn through_eni_reports_go_to_the_core_raw() {
+        let mut s = supervisor(&[http(CheckHost::EniAddress, "web")]);
+        let r = report(THROUGH_ENI, HealthState::Unknown, false);
+        assert_eq!(
+            s.on_report(&r),
+            Some(Verdict::ThroughEni {
+                sent: r.started,
+                ok: false
+            })
+        );
+    }
+
+    #[test]
+    fn the_corroborating_probe_is_the_first_network_check_with_a_short_timeout() {
+        let checks = [http(CheckHost::EniAddress, "web")];
+        let c = corroborating(&checks, Duration::from_millis(200)).expect("http check");
+        assert_eq!(c.timeout, Duration::from_millis(200));
+        assert!(c.interval > c.timeout);
+        assert_eq!(Supervisor::corroborate_fall(&checks), Some(3));
+        assert_eq!(Supervisor::corroborate_fall(&[]), None);
+    }
+}

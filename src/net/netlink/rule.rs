@@ -1,0 +1,138 @@
+//! The plan's policy rules (`from <ip> lookup <table>`), which live outside any link.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, IpVersion};
+
+use super::{added, nl_error, Teardown};
+use crate::net::{NetError, NetObject, RuleSpec};
+
+/// Adds the rules that are missing; returns what it added. A rule is never replaced: re-adding
+/// one fails with EEXIST, and a changed one would pile up beside the old.
+pub(super) async fn ensure_rules(
+    handle: &Handle,
+    specs: &[RuleSpec],
+) -> Result<Vec<String>, NetError> {
+    let rules = ipv4_rules(handle).await?;
+    let mut changed = Vec::new();
+    for spec in specs {
+        if rules.iter().any(|r| rule_matches(r, spec)) {
+            continue;
+        }
+        let req = handle
+            .rule()
+            .add()
+            .v4()
+            .source_prefix(spec.from, 32)
+            .table_id(spec.table)
+            .priority(spec.priority)
+            .action(RuleAction::ToTable);
+        if added(req.execute().await).map_err(|e| nl_error(&format!("add rule {spec}"), e))? {
+            changed.push(format!("rule {spec}"));
+        }
+    }
+    Ok(changed)
+}
+
+/// Deletes every rule that is exactly one of the plan's, recording each result in `td`.
+pub(super) async fn remove_rules(handle: &Handle, specs: &[RuleSpec], td: &mut Teardown) {
+    let Some(rules) = td.check(NetObject::Rule, ipv4_rules(handle).await) else {
+        return;
+    };
+    for spec in specs {
+        for r in rules.iter().filter(|r| rule_matches(r, spec)) {
+            let res = handle.rule().del(r.clone()).execute().await;
+            td.deleted(NetObject::Rule, format!("rule {spec}"), res);
+        }
+    }
+}
+
+async fn ipv4_rules(handle: &Handle) -> Result<Vec<RuleMessage>, NetError> {
+    handle
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_error("list rules", e))
+}
+
+pub(super) fn rule_table(r: &RuleMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+/// Our rule, exactly: `from <ip>/32 lookup <table>` at our priority, and no other selector.
+fn rule_matches(r: &RuleMessage, spec: &RuleSpec) -> bool {
+    if r.header.family != AddressFamily::Inet
+        || r.header.action != RuleAction::ToTable
+        || r.header.src_len != 32
+        || r.header.dst_len != 0
+        || rule_table(r) != spec.table
+    {
+        return false;
+    }
+    let mut src = None;
+    let mut priority = 0;
+    for a in &r.attributes {
+        match a {
+            RuleAttribute::Source(IpAddr::V4(v)) => src = Some(*v),
+            RuleAttribute::Priority(p) => priority = *p,
+            RuleAttribute::Iifname(_)
+            | RuleAttribute::Oifname(_)
+            | RuleAttribute::FwMark(_)
+            | RuleAttribute::Destination(_) => return false,
+            _ => {}
+        }
+    }
+    src == Some(spec.from) && priority == spec.priority
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn rule_match_is_exact() {
+        let spec = RuleSpec {
+            from: Ipv4Addr::new(198, 18, 1, 25),
+            priority: 10001,
+            table: 10001,
+        };
+        let mut r = RuleMessage::default();
+        r.header.family = AddressFamily::Inet;
+        r.header.action = RuleAction::ToTable;
+        r.header.src_len = 32;
+        r.attributes = vec![
+            RuleAttribute::Source(IpAddr::V4(spec.from)),
+            RuleAttribute::Priority(10001),
+            RuleAttribute::Table(10001),
+        ];
+        assert!(rule_matches(&r, &spec));
+        let mut other = r.clone();
+        other.attributes.push(RuleAttribute::FwMark(1));
+        assert!(
+            !rule_matches(&other, &spec),
+            "an extra selector is not our rule"
+        );
+        let mut other = r.clone();
+        other.attributes[1] = RuleAttribute::Priority(100);
+        assert!(!rule_matches(&other, &spec));
+        let mut other = r.clone();
+        other.header.action = RuleAction::Unspec;
+        assert!(!rule_matches(&other, &spec), "a `none` rule routes nothing");
+        let mut other = r;
+        other.header.src_len = 24;
+        assert!(!rule_matches(&other, &spec));
+    }
+}
