@@ -19,8 +19,11 @@ use crate::timeline::Kind;
 impl Daemon {
     pub(super) async fn act(&mut self, action: Action) {
         match action {
-            Action::Transitioned { from, to, reason } => self.transitioned(&from, &to, &reason),
-            Action::Alert(alert) => crate::alerts::log(&alert, ""),
+            Action::Transitioned { from, to, reason } => {
+                self.transitioned(&from, &to, &reason);
+                self.checks_role_changed(to);
+            }
+            Action::Alert(alert) => crate::alerts::log(&alert, &self.rejected_summary()),
             Action::SendHeartbeat => self.send_heartbeat().await,
             Action::QueryCloud => self.query_cloud(),
             Action::Claim {
@@ -44,6 +47,7 @@ impl Daemon {
     }
 
     async fn send_heartbeat(&mut self) {
+        self.hurry_probe_if_late();
         let advert = self.node.advert();
         if let Err(e) = self.peer.send(&advert).await {
             warn!(error = %e, "sending heartbeats failed");

@@ -15,6 +15,7 @@
 
 mod actions;
 mod cloud_worker;
+mod health;
 mod net_worker;
 mod plan;
 mod report;
@@ -35,6 +36,7 @@ use crate::cloud::{Cloud, CloudError, EniInfo};
 use crate::config::Settings;
 use crate::control::{self, Incoming, Response};
 use crate::core::{CoreConfig, Event, Node};
+use crate::health::{CheckReport, Supervisor};
 use crate::hooks::{HookHandle, HookReport, HookRunner};
 use crate::ids::InstanceId;
 use crate::net::{HostNet, NetPlan};
@@ -182,6 +184,8 @@ enum Done {
     /// From the link watch while master.
     LinkGone,
     Drift,
+    /// An event the daemon made up itself (a health verdict after a role change).
+    Core(Event),
 }
 
 struct Daemon {
@@ -211,6 +215,22 @@ struct Daemon {
     next_token: u64,
     timeline: Recorder,
     exit: bool,
+    /// The service checks, when any are configured.
+    checks: Option<Supervisor>,
+}
+
+/// What woke the loop.
+enum Wake {
+    Tick,
+    Peer(crate::peer::Received),
+    Done(Done),
+    Control(Incoming),
+    Hooks(HookReport),
+    Check(CheckReport),
+    Reconcile,
+    Stop(Option<StopRequest>),
+    StopDecided(bool),
+    HardStop,
 }
 
 /// What the loop listens to besides the core's timer and the heartbeat socket.
@@ -223,6 +243,7 @@ struct Inbox {
     stop_decided: mpsc::Receiver<bool>,
     stop_tx: mpsc::Sender<bool>,
     reconcile: tokio::time::Interval,
+    checks: mpsc::Receiver<CheckReport>,
 }
 
 /// The loop proper, with injected parts; returns when the core says the stop is complete.
@@ -254,7 +275,20 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     let (stop_tx, stop_decided) = mpsc::channel::<bool>(1);
     let mut reconcile = tokio::time::interval(settings.network.reconcile_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (checks_tx, checks_rx) = mpsc::channel::<CheckReport>(64);
+    let checks = (!settings.checks.is_empty()).then(|| {
+        let bind = settings.heartbeat.bind.ip();
+        // The corroborating probe leaves from the heartbeat address, the node's primary one.
+        let primary = (!bind.is_unspecified()).then_some(bind);
+        Supervisor::new(
+            &settings.checks,
+            primary,
+            settings.heartbeat.interval,
+            checks_tx,
+        )
+    });
     let mut inbox = Inbox {
+        checks: checks_rx,
         done,
         control: ctl_rx,
         hooks: hook_reports,
@@ -270,6 +304,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         done_tx,
     };
     let mut d = Daemon::new(settings, instance_id, peer, hooks, workers);
+    d.checks = checks;
     d.serve(&mut inbox).await;
     // Let the stop hooks run (bounded), then close the control socket.
     drop(d.hooks);
@@ -307,7 +342,7 @@ pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig 
         restart_grace: settings.stop.restart_grace,
         handover_timeout: settings.stop.handover_timeout,
         retry_delay: Duration::from_secs(1),
-        corroborate_fall: None,
+        corroborate_fall: Supervisor::corroborate_fall(&settings.checks),
     }
 }
 
@@ -350,6 +385,7 @@ impl Daemon {
             next_token: 1,
             timeline: Recorder::default(),
             exit: false,
+            checks: None,
         }
     }
 
@@ -368,33 +404,58 @@ impl Daemon {
         let mut stop_deadline: Option<Instant> = None;
         while !self.exit {
             let wake = self.started + self.node.next_wakeup(self.now());
-            let hard_stop =
-                stop_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => self.feed(Event::Tick).await,
-                r = self.peer.recv() => self.on_received(r).await,
-                Some(done) = inbox.done.recv() => self.on_done(done).await,
-                Some(inc) = inbox.control.recv() => self.on_control(inc).await,
-                Some(report) = inbox.hooks.recv() => self.on_hooks(report),
-                _ = inbox.reconcile.tick() => self.reconcile().await,
-                stop = inbox.stops.recv(), if stop_deadline.is_none() => {
+            let woke = self.wait(inbox, wake, stop_deadline).await;
+            // A wake-up far past the planned one means this process did not run meanwhile:
+            // deal with that before the event, which may be the very timer that would judge
+            // the peers dead.
+            if let Some(gap) = health::stalled(wake, self.settings.heartbeat.interval) {
+                self.on_stall(gap).await;
+            }
+            match woke {
+                Wake::Tick => self.feed(Event::Tick).await,
+                Wake::Peer(r) => self.on_received(r).await,
+                Wake::Done(done) => self.on_done(done).await,
+                Wake::Control(inc) => self.on_control(inc).await,
+                Wake::Hooks(report) => self.on_hooks(report),
+                Wake::Check(report) => self.on_check(report).await,
+                Wake::Reconcile => self.reconcile().await,
+                Wake::Stop(stop) => {
                     signals::decide_stop(stop, self.settings.stop.mode, inbox.stop_tx.clone());
                     signals::sd_notify("STOPPING=1");
                     // Bound the stop: a handover that hangs must not keep the host from going
                     // down.
                     stop_deadline = Some(
-                        Instant::now() + self.settings.stop.handover_timeout + Duration::from_secs(4),
+                        Instant::now()
+                            + self.settings.stop.handover_timeout
+                            + Duration::from_secs(4),
                     );
                 }
-                Some(handover) = inbox.stop_decided.recv() => {
+                Wake::StopDecided(handover) => {
                     info!(handover, "stop requested");
                     self.feed(Event::Stop { handover }).await;
                 }
-                _ = tokio::time::sleep_until(hard_stop), if stop_deadline.is_some() => {
+                Wake::HardStop => {
                     warn!("stop did not complete in time; exiting anyway");
                     return;
                 }
             }
+        }
+    }
+
+    /// Waits for the next thing to do.
+    async fn wait(&mut self, inbox: &mut Inbox, wake: Instant, stopping: Option<Instant>) -> Wake {
+        let hard_stop = stopping.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => Wake::Tick,
+            r = self.peer.recv() => Wake::Peer(r),
+            Some(done) = inbox.done.recv() => Wake::Done(done),
+            Some(inc) = inbox.control.recv() => Wake::Control(inc),
+            Some(report) = inbox.hooks.recv() => Wake::Hooks(report),
+            Some(report) = inbox.checks.recv() => Wake::Check(report),
+            _ = inbox.reconcile.tick() => Wake::Reconcile,
+            stop = inbox.stops.recv(), if stopping.is_none() => Wake::Stop(stop),
+            Some(handover) = inbox.stop_decided.recv() => Wake::StopDecided(handover),
+            _ = tokio::time::sleep_until(hard_stop), if stopping.is_some() => Wake::HardStop,
         }
     }
 

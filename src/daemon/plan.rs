@@ -102,6 +102,9 @@ impl Daemon {
                 warn!("{w}");
             }
         }
+        if let Some(checks) = self.checks.as_mut() {
+            checks.eni_known(std::net::IpAddr::V4(info.primary_ip));
+        }
         self.eni = Some(info);
     }
 

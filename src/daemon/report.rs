@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::Daemon;
 use crate::core::HolderBelief;
-use crate::report::{PeerReport, RoleReport, TransitionReport};
+use crate::report::{CheckState, HealthReport, PeerReport, RoleReport, TransitionReport};
 use crate::timeline;
 
 impl Daemon {
@@ -44,6 +44,34 @@ impl Daemon {
                 .into_iter()
                 .filter(|(k, _)| !matches!(k.as_str(), "accepted" | "sent"))
                 .collect(),
+            health: self.health_report(now),
+        }
+    }
+
+    fn health_report(&self, now: Duration) -> HealthReport {
+        let own = self.node.health();
+        let probe = self.node.probe();
+        HealthReport {
+            healthy: own.healthy,
+            detail: own.detail.clone(),
+            degraded: self.node.is_degraded(),
+            silent_but_serving: self.node.silent_but_serving().map(str::to_string),
+            corroborated: self.node.config().corroborate_fall.is_some(),
+            probe_fails: probe.fails,
+            probe_ok_ms_ago: probe
+                .last_ok_sent
+                .map(|t| now.saturating_sub(t).as_millis() as u64),
+            checks: self
+                .checks
+                .iter()
+                .flat_map(|s| s.views())
+                .map(|v| CheckState {
+                    name: v.name,
+                    state: v.state.as_str().to_string(),
+                    counts: v.counts,
+                    last_error: v.last_error,
+                })
+                .collect(),
         }
     }
 
@@ -58,6 +86,7 @@ impl Daemon {
                     .last_heard
                     .map(|h| now.saturating_sub(h).as_millis() as u64),
                 alive: self.node.is_alive(&p.name, now),
+                healthy: p.advert.as_ref().map(|a| a.healthy),
             })
             .collect()
     }

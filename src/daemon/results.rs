@@ -41,6 +41,7 @@ impl Daemon {
                 self.feed(Event::LinkLost).await;
             }
             Done::Drift => self.reconcile().await,
+            Done::Core(event) => self.feed(event).await,
         }
     }
 
