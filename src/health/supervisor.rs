@@ -49,11 +49,22 @@ struct Own {
     handle: Option<CheckHandle>,
     state: HealthState,
     last_error: Option<String>,
+    /// Reports of probes started before this are stale: they may have been answered by the
+    /// previous holder of the ENI (see [`Supervisor::set_master`]).
+    since: Instant,
 }
 
 impl Own {
     fn targets_eni(&self) -> bool {
         matches!(self.check.probe.host(), Some(CheckHost::EniAddress))
+    }
+
+    /// Forgets what the check said so far; `start_own` starts it again.
+    fn restart(&mut self) {
+        self.handle = None;
+        self.state = HealthState::Unknown;
+        self.last_error = None;
+        self.since = Instant::now();
     }
 }
 
@@ -86,6 +97,7 @@ impl Supervisor {
                 handle: None,
                 state: HealthState::Unknown,
                 last_error: None,
+                since: Instant::now(),
             })
             .collect();
         let mut s = Supervisor {
@@ -114,8 +126,7 @@ impl Supervisor {
         }
         self.eni = Some(eni);
         for o in self.own.iter_mut().filter(|o| o.targets_eni()) {
-            o.handle = None;
-            o.state = HealthState::Unknown;
+            o.restart();
         }
         self.start_own();
         if let Some(c) = &self.through_eni {
@@ -150,7 +161,18 @@ impl Supervisor {
     }
 
     /// The role changed: checks on the ENI's address count for own health only on a master.
+    ///
+    /// A node that becomes master starts those checks afresh: until now their probes were
+    /// answered by the previous holder, and a holder that died (the very reason for a
+    /// failover) left them failing. Counting that history would make the new master judge
+    /// itself unhealthy and hand the ENI straight back to the node that just failed.
     pub fn set_master(&mut self, master: bool) -> Option<Verdict> {
+        if master && !self.master {
+            for o in self.own.iter_mut().filter(|o| o.targets_eni()) {
+                o.restart();
+            }
+            self.start_own();
+        }
         self.master = master;
         self.recompute()
     }
@@ -171,6 +193,10 @@ impl Supervisor {
             });
         }
         let o = self.own.get_mut(r.id)?;
+        if r.started < o.since {
+            // From a runner replaced since (or queued before it was): stale.
+            return None;
+        }
         o.state = r.state;
         o.last_error = r.result.as_ref().err().map(|e| e.to_string());
         self.recompute()
@@ -290,7 +316,8 @@ mod tests {
     async fn an_eni_check_counts_for_own_health_only_on_a_master() {
         let mut s = supervisor(&[http(CheckHost::EniAddress, "web")]);
         assert_eq!(s.on_report(&report(0, HealthState::Down, false)), None);
-        let v = s.set_master(true);
+        assert_eq!(s.set_master(true), None, "a backup's failures are forgotten");
+        let v = s.on_report(&report(0, HealthState::Down, false));
         assert!(
             matches!(v, Some(Verdict::Own { healthy: false, ref detail }) if detail.contains("web"))
         );
@@ -301,6 +328,17 @@ mod tests {
                 detail: "all checks pass".into()
             })
         );
+    }
+
+    /// A failover's new master must not judge itself by probes the dead holder failed: the
+    /// lab saw a new master hand the ENI straight back to the node that had just died.
+    #[tokio::test]
+    async fn probes_started_before_becoming_master_do_not_count() {
+        let mut s = supervisor(&[http(CheckHost::EniAddress, "web")]);
+        let before = report(0, HealthState::Down, false);
+        assert_eq!(s.set_master(true), None);
+        assert_eq!(s.on_report(&before), None, "a stale report counted");
+        assert!(s.views()[0].state == HealthState::Unknown);
     }
 
     #[tokio::test]
