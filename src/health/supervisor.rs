@@ -316,7 +316,11 @@ mod tests {
     async fn an_eni_check_counts_for_own_health_only_on_a_master() {
         let mut s = supervisor(&[http(CheckHost::EniAddress, "web")]);
         assert_eq!(s.on_report(&report(0, HealthState::Down, false)), None);
-        assert_eq!(s.set_master(true), None, "a backup's failures are forgotten");
+        assert_eq!(
+            s.set_master(true),
+            None,
+            "a backup's failures are forgotten"
+        );
         let v = s.on_report(&report(0, HealthState::Down, false));
         assert!(
             matches!(v, Some(Verdict::Own { healthy: false, ref detail }) if detail.contains("web"))

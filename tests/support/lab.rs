@@ -44,6 +44,8 @@ use super::cloud_front::{Change, CloudFront, FrontControl};
 use super::netns::{self, link_by_mac, sh, sh_quiet, Netns};
 use super::{imds, sdk_client, seed, Moto, Seeded, Side, ENI_IP, ENI_SECONDARY_IP};
 
+mod faults;
+
 pub const NS_RT: &str = "enpl-rt";
 pub const NS_CLOUD: &str = "enpl-cloud";
 pub const NS_CLI: &str = "enpl-cli";
@@ -567,6 +569,7 @@ impl Lab {
             self.thaw(side);
         }
         self.heal_partition();
+        self.restore_primary_links();
         self.front.clear_faults();
         self.front.clear_calls();
         for side in Side::BOTH {
