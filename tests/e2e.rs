@@ -210,10 +210,11 @@ fn lab_primary_host_failure() {
             Some(B),
             "the cloud attaches the ENI to node-b"
         );
-        // The budget is 1.2 s at the defaults (issue 11; `measure` gives the median of 10). One
-        // run on a loaded CI machine gets a margin; a corroboration that waits for probes after
-        // the dead interval ends (+200 ms each) or a slow takeover still fails it.
-        assert!(outage.total < secs(1.5), "{outage:?}");
+        // The budget is 1.2 s at the defaults, for the median (`measure`: median of 10 runs).
+        // One run here: detection is enipeer's own (the corroborating probe must already have
+        // `fall` failures when the dead interval ends, so it ends then), the rest depends on
+        // how loaded the machine is (moto answered in 120 ms instead of 20 ms in a slow run).
+        assert!(outage.total < secs(2.0), "{outage:?}");
         assert!(outage.detection < secs(1.1), "{outage:?}");
         // node-a comes back: backup, stale policy rules gone, and it does not take the ENI back.
         lab.thaw(A);
@@ -559,6 +560,9 @@ fn lab_nginx_stopped_on_the_master() {
             served < budget + secs(1.0),
             "node-b served only after {served:?}"
         );
+        // Refused probes fail at once, so `fall` of them take at least (fall - 1) intervals: a
+        // handover sooner counted a failure that was not the service's.
+        assert!(served > secs(0.9), "handed over after {served:?}");
         assert!(
             lab.front
                 .calls()

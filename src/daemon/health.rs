@@ -47,6 +47,17 @@ impl Daemon {
         }
     }
 
+    /// The host network was applied and this node serves: the ENI's checks count from now.
+    pub(super) fn checks_network_applied(&mut self) {
+        let Some(sup) = self.checks.as_mut() else {
+            return;
+        };
+        if let Some(v) = sup.network_applied() {
+            let event = self.verdict_event(v);
+            self.report_back(Done::Core(event));
+        }
+    }
+
     /// Called with every heartbeat sent: once a peer is late by half an interval, probe through
     /// the ENI at the heartbeat cadence so that a dead holder is known to be dead by the time
     /// the dead interval ends.

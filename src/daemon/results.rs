@@ -33,6 +33,7 @@ impl Daemon {
                 }
                 self.feed(event).await;
                 if applied && self.node.is_serving() {
+                    self.checks_network_applied();
                     self.start_watch().await;
                 }
             }
