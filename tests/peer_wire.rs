@@ -52,8 +52,9 @@ prop_compose! {
         yield_msg in yield_msg(),
         stopping_ms in any::<u32>(),
         wants_master in any::<bool>(),
+        healthy in any::<bool>(),
     ) -> Advert {
-        Advert { role, priority, instance_id, holder, yield_msg, stopping_ms, wants_master }
+        Advert { role, priority, instance_id, holder, yield_msg, stopping_ms, wants_master, healthy }
     }
 }
 

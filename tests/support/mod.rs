@@ -12,7 +12,7 @@ pub mod netns;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -30,17 +30,29 @@ pub const AZ: &str = "us-east-1a";
 pub const ENI_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 25);
 pub const ENI_SECONDARY_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 26);
 
-/// The Python that runs moto: the one place that says where moto is installed (both the version
-/// check and the server go through it).
-fn moto_python() -> Command {
-    Command::new("python3")
-}
-
 fn install_hint() -> String {
     format!(
-        "moto is required for these tests: pip install 'moto[server]=={}'",
+        "moto {} is required for these tests: run `make lab-deps` (installs it into .venv/), \
+         or set ENIPEER_MOTO_PYTHON to a Python that has it",
         MOTO_VERSION.trim()
     )
+}
+
+/// The Python that runs moto: `$ENIPEER_MOTO_PYTHON` when set, else the project's own virtual
+/// environment that `make lab-deps` fills from tests/requirements-lab.txt. Never `python3` from
+/// PATH: the system's Python may hold another moto, or none.
+fn moto_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("ENIPEER_MOTO_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: {}",
+        python.display(),
+        install_hint()
+    );
+    python
 }
 
 /// Sets the process environment once, before any test reads it: static credentials (moto
@@ -80,12 +92,13 @@ fn free_port() -> u16 {
 }
 
 impl Moto {
-    /// Starts `python3 -m moto.server` on a free 127.0.0.1 port and waits until it answers.
+    /// Starts `<moto_python> -m moto.server` on a free 127.0.0.1 port and waits until it answers.
     /// Panics (failing the test) when moto is missing or not the pinned version: a silent skip
     /// would hide a broken CI.
     pub fn start() -> Moto {
         env_once();
-        let version = moto_python()
+        let python = moto_python();
+        let version = Command::new(&python)
             .args(["-c", "import moto; print(moto.__version__)"])
             .output();
         let version = match version {
@@ -93,11 +106,16 @@ impl Moto {
                 String::from_utf8_lossy(&out.stdout).trim().to_owned()
             }
             Ok(out) => panic!(
-                "{}\n(python3 could not import moto: {})",
+                "{}\n({} could not import moto: {})",
                 install_hint(),
+                python.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-            Err(e) => panic!("{}\n(python3 not runnable: {e})", install_hint()),
+            Err(e) => panic!(
+                "{}\n({} not runnable: {e})",
+                install_hint(),
+                python.display()
+            ),
         };
         assert_eq!(
             version,
@@ -109,7 +127,7 @@ impl Moto {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("enipeer-moto-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("moto log file");
-        let mut cmd = moto_python();
+        let mut cmd = Command::new(&python);
         cmd.args([
             "-m",
             "moto.server",
