@@ -119,6 +119,9 @@ impl Daemon {
                 })
                 .unwrap_or_default(),
         };
+        if transition == Transition::Master {
+            self.timeline.mark(crate::timeline::Mark::HooksStarted);
+        }
         self.hooks.run(transition, env);
     }
 
