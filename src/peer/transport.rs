@@ -378,6 +378,7 @@ mod tests {
             stopping_ms: 0,
             wants_master: false,
             healthy: true,
+            maintenance: false,
         }
     }
 
@@ -499,6 +500,7 @@ mod tests {
         let from_b = Advert {
             wants_master: true,
             healthy: true,
+            maintenance: false,
             yield_msg: YieldMsg::Accept {
                 id: 3,
                 to: "a".into(),
