@@ -103,6 +103,7 @@ verify-interval = "1s"
 [hooks]
 timeout = "5s"
 on-master = [["/bin/sh", "-c", "echo $ENIPEER_TRANSITION $ENIPEER_ADDRESSES >> {marker}"]]
+on-event = [["/bin/sh", "-c", "echo $ENIPEER_EVENT $ENIPEER_EVENT_PEER >> {events}"]]
 
 [control]
 socket = "{socket}"
@@ -121,6 +122,7 @@ fake-net = true
             socket = socket.display(),
             cloud = dir.join("cloud.json").display(),
             state = dir.join(format!("{name}.state")).display(),
+            events = dir.join(format!("{name}.events")).display(),
         );
         std::fs::write(&config, text).expect("config");
         Node {
@@ -431,7 +433,10 @@ fn maintenance_hands_over_survives_a_restart_and_never_claims() {
     c.a.start();
     c.b.start();
     wait_for("a master, b backup", Duration::from_secs(10), || {
-        c.a.role_name().as_deref() == Some("master") && c.b.role_name().as_deref() == Some("backup")
+        c.b.role_name().as_deref() == Some("backup")
+            && c.a.role().is_some_and(|r| {
+                r.role == "master" && r.peers.iter().all(|p| p.role.as_deref() == Some("backup"))
+            })
     });
     // On the master: hands over first, answers once b is master.
     let out = c.a.cli(&[
@@ -462,8 +467,12 @@ fn maintenance_hands_over_survives_a_restart_and_never_claims() {
     c.a.wait_exit(Duration::from_secs(5));
     c.a.start();
     wait_for("a back, in maintenance", Duration::from_secs(10), || {
-        c.a.role()
-            .is_some_and(|r| r.role == "backup" && r.maintenance.is_some())
+        // Heard b too: a holder never heard since start is not forced off without a check.
+        c.a.role().is_some_and(|r| {
+            r.role == "backup"
+                && r.maintenance.is_some()
+                && r.peers.iter().all(|p| p.last_heard_ms_ago.is_some())
+        })
     });
     c.b.signal("-KILL");
     c.b.wait_exit(Duration::from_secs(5));
@@ -481,7 +490,16 @@ fn maintenance_hands_over_survives_a_restart_and_never_claims() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for("a master", Duration::from_secs(10), || {
-        c.a.role_name().as_deref() == Some("master")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.a.role_name().as_deref() != Some("master") {
+        assert!(Instant::now() < deadline, "a not master: {}", c.a.logs());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // The on-event hook was told when b was lost, and is told when it is back.
+    let events = || std::fs::read_to_string(c.dir.path().join("node-a.events")).unwrap_or_default();
+    assert!(events().contains("peer-lost node-b"), "{}", events());
+    c.b.start();
+    wait_for("peer-back event", Duration::from_secs(10), || {
+        events().contains("peer-back node-b")
     });
 }

@@ -144,6 +144,9 @@ pub struct HookSettings {
     pub on_backup: Vec<Vec<String>>,
     pub on_fault: Vec<Vec<String>>,
     pub on_stop: Vec<Vec<String>>,
+    /// Run on events that are not role changes (peer lost or back, hold-down, fault, ...), with
+    /// `ENIPEER_EVENT` and details; rate-limited.
+    pub on_event: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

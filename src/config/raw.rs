@@ -139,6 +139,7 @@ pub struct RawHooks {
     pub on_backup: Option<Vec<Vec<String>>>,
     pub on_fault: Option<Vec<Vec<String>>>,
     pub on_stop: Option<Vec<Vec<String>>>,
+    pub on_event: Option<Vec<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

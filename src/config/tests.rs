@@ -196,7 +196,14 @@ fn example_config_mentions_every_key() {
         ),
         (
             "[hooks]",
-            &["timeout", "on-master", "on-backup", "on-fault", "on-stop"],
+            &[
+                "timeout",
+                "on-master",
+                "on-backup",
+                "on-fault",
+                "on-stop",
+                "on-event",
+            ],
         ),
         ("[control]", &["socket", "group"]),
         ("[stop]", &["mode", "restart-grace", "handover-timeout"]),

@@ -317,6 +317,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
         on_backup: c.argv_list("hooks.on-backup", h.on_backup.as_ref()),
         on_fault: c.argv_list("hooks.on-fault", h.on_fault.as_ref()),
         on_stop: c.argv_list("hooks.on-stop", h.on_stop.as_ref()),
+        on_event: c.argv_list("hooks.on-event", h.on_event.as_ref()),
     };
     let control = control(
         &mut c,

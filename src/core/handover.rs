@@ -247,6 +247,12 @@ impl Node {
         result: Result<String, String>,
         out: &mut Vec<Action>,
     ) {
+        if let Err(reason) = &result {
+            out.push(Action::Alert(super::health::Alert::HandoverFailed {
+                to: h.to.clone(),
+                reason: reason.clone(),
+            }));
+        }
         if let Some(token) = h.token {
             out.push(Action::Reply { token, result });
         }

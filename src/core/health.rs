@@ -11,6 +11,9 @@ use super::events::Time;
 /// How often a standing condition (peer silent but serving, degraded master) is warned about.
 pub const ALERT_EVERY: Duration = Duration::from_secs(10);
 
+/// How long every cloud query may fail before the operator is told the cloud is unreachable.
+pub const CLOUD_UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
+
 /// This node's own service checks, as the runner last reported them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnHealth {
@@ -86,6 +89,18 @@ pub enum Alert {
     MaintenanceNoPeer { reason: String },
     /// This node's own checks changed state.
     HealthChanged { healthy: bool, detail: String },
+    /// A peer that was alive is dead now (redundancy is gone while it lasts).
+    PeerLost { peer: String },
+    /// A peer that was lost is heard again.
+    PeerBack { peer: String },
+    /// This node holds off from forced takeovers for `duration` after losing the ENI.
+    HoldDownStarted { duration: Duration },
+    /// A handover (yield, maintenance, preempt, health) did not complete.
+    HandoverFailed { to: String, reason: String },
+    /// This node entered fault.
+    FaultEntered { reason: String },
+    /// No cloud query has succeeded for `duration`.
+    CloudUnreachable { duration: Duration },
 }
 
 impl Alert {
@@ -98,6 +113,12 @@ impl Alert {
             Alert::HandingOverUnhealthy { .. } => "handing-over-unhealthy",
             Alert::HealthChanged { .. } => "health-changed",
             Alert::MaintenanceNoPeer { .. } => "maintenance-no-peer",
+            Alert::PeerLost { .. } => "peer-lost",
+            Alert::PeerBack { .. } => "peer-back",
+            Alert::HoldDownStarted { .. } => "hold-down-started",
+            Alert::HandoverFailed { .. } => "handover-failed",
+            Alert::FaultEntered { .. } => "fault-entered",
+            Alert::CloudUnreachable { .. } => "cloud-unreachable",
         }
     }
 }

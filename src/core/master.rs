@@ -29,7 +29,7 @@ impl Node {
 
     /// Lost the ENI while master: stop serving now, hold off from claiming it back.
     pub(super) fn step_down(&mut self, reason: String, now: Time, out: &mut Vec<Action>) {
-        self.hold_down.start(&self.cfg, now);
+        self.start_hold_down(now, out);
         self.cloud.invalidate();
         out.push(Action::RemoveNet);
         self.become_backup(reason.clone(), &reason, now, out);
@@ -111,7 +111,7 @@ impl Node {
                 // Detached from under us (an operator, or a peer's forced takeover still in its
                 // `detaching` phase): count it as a loss, then race for it without force; the
                 // claim's compare-and-swap settles a race with the peer.
-                self.hold_down.start(&self.cfg, now);
+                self.start_hold_down(now, out);
                 out.push(Action::RemoveNet);
                 self.claim(
                     None,

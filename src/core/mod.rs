@@ -81,6 +81,10 @@ pub struct Node {
     judge_after: Time,
     /// In maintenance (with the operator's reason): never claims, hands over as master.
     maintenance: Option<String>,
+    /// Peers last seen alive (to tell "lost" and "back" apart), and the lost ones.
+    peers_alive: std::collections::BTreeMap<String, bool>,
+    /// Since when every cloud query has failed.
+    cloud_failing_since: Option<Time>,
 }
 
 impl Node {
@@ -103,6 +107,8 @@ impl Node {
             alerts: AlertPacer::default(),
             judge_after: now,
             maintenance: cfg.maintenance.clone(),
+            peers_alive: Default::default(),
+            cloud_failing_since: None,
             cfg,
         }
     }
@@ -275,6 +281,7 @@ impl Node {
         }
         // Every event may make a deadline or a claim condition true: evaluate timers after it.
         self.on_tick(now, &mut out);
+        self.notice_peer_changes(now, &mut out);
         self.pace_heartbeat(now, &mut out);
         out
     }
@@ -348,8 +355,17 @@ impl Node {
             return;
         }
         let view = match r {
-            Ok(v) => v,
+            Ok(v) => {
+                self.cloud_failing_since = None;
+                self.alerts.clear("cloud-unreachable");
+                v
+            }
             Err(f) => {
+                let since = *self.cloud_failing_since.get_or_insert(now);
+                if now.saturating_sub(since) >= health::CLOUD_UNREACHABLE_AFTER {
+                    let duration = now - since;
+                    self.alert(Alert::CloudUnreachable { duration }, now, out);
+                }
                 if matches!(self.state, State::Starting { .. }) && !f.retryable {
                     self.go_fault(format!("cannot read the ENI: {}", f.message), now, out);
                 } else {
@@ -453,6 +469,32 @@ impl Node {
         out.push(Action::SendHeartbeat);
     }
 
+    /// Redundancy lost and regained: a peer that was alive died, or a lost one is back.
+    fn notice_peer_changes(&mut self, now: Time, out: &mut Vec<Action>) {
+        let mut changes = Vec::new();
+        for p in self.peers.iter() {
+            let alive = p.last_heard.is_some() && self.peers.alive(p, &self.cfg, now);
+            let was = self.peers_alive.insert(p.name.clone(), alive);
+            match (was, alive) {
+                (Some(true), false) => changes.push(Alert::PeerLost {
+                    peer: p.name.clone(),
+                }),
+                (Some(false), true) => changes.push(Alert::PeerBack {
+                    peer: p.name.clone(),
+                }),
+                _ => {}
+            }
+        }
+        out.extend(changes.into_iter().map(Action::Alert));
+    }
+
+    /// Starts (or escalates) the hold-down and tells the operator.
+    fn start_hold_down(&mut self, now: Time, out: &mut Vec<Action>) {
+        self.hold_down.start(&self.cfg, now);
+        let duration = self.hold_down.left(now).unwrap_or_default();
+        out.push(Action::Alert(Alert::HoldDownStarted { duration }));
+    }
+
     fn go_fault(&mut self, reason: String, now: Time, out: &mut Vec<Action>) {
         let until = now + self.cfg.retry_delay.max(self.cfg.dead_interval) * 5;
         let fault = State::Fault {
@@ -460,6 +502,9 @@ impl Node {
             rejecting: None,
         };
         self.transition(fault, reason.clone(), now, out);
+        out.push(Action::Alert(Alert::FaultEntered {
+            reason: reason.clone(),
+        }));
         out.push(Action::RunHooks {
             kind: HookKind::Fault,
             reason,

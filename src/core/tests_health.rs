@@ -1,7 +1,7 @@
 //! Unit tests of the health and corroboration rules (issue 11): when a silent holder may be
 //! replaced, what a failing check does on a master and on a backup, stalls and the hold-down.
 
-use super::tests::{claim_of, has, heartbeat, master_a, ms, node_a, transitioned_to, A};
+use super::tests::{claim_of, has, heartbeat, master_a, ms, node_a, transitioned_to, A, B};
 use super::*;
 
 fn corroborated(mut n: Node) -> Node {
@@ -84,16 +84,15 @@ fn the_service_failing_later_ends_the_wait_the_moment_the_probe_fails() {
 fn peer_silent_service_up_is_warned_with_pacing() {
     let (_a, mut b) = pair();
     probe(&mut b, 1000, true);
-    let out = b.handle(Event::Tick, ms(1200));
-    assert!(matches!(
-        alerts(&out).as_slice(),
-        [Alert::PeerSilentServiceUp { peer, .. }] if peer == "node-a"
-    ));
-    assert!(alerts(&b.handle(Event::Tick, ms(1300))).is_empty());
-    assert_eq!(
-        alerts(&b.handle(Event::Tick, ms(1200) + ALERT_EVERY)).len(),
-        1
-    );
+    let silent = |out: &[Action]| {
+        alerts(out)
+            .iter()
+            .filter(|x| matches!(x, Alert::PeerSilentServiceUp { peer, .. } if peer == "node-a"))
+            .count()
+    };
+    assert_eq!(silent(&b.handle(Event::Tick, ms(1200))), 1);
+    assert_eq!(silent(&b.handle(Event::Tick, ms(1300))), 0);
+    assert_eq!(silent(&b.handle(Event::Tick, ms(1200) + ALERT_EVERY)), 1);
 }
 
 #[test]
@@ -379,4 +378,42 @@ fn maintenance_on_a_master_without_a_healthy_peer_is_refused_unless_forced() {
         "keeps the ENI: nobody else can serve"
     );
     assert!(!a.is_degraded(), "maintenance is not a failing check");
+}
+
+#[test]
+fn losing_and_regaining_a_peer_is_told_once_each() {
+    let (a, mut b) = master_a(ms(100));
+    let lost = |out: &[Action]| {
+        alerts(out)
+            .iter()
+            .filter(|x| matches!(x, Alert::PeerLost { peer } if peer == "node-a"))
+            .count()
+    };
+    let mut all = Vec::new();
+    for t in (200..=1500).step_by(100) {
+        all.extend(b.handle(Event::Tick, ms(t)));
+    }
+    assert_eq!(lost(&all), 1, "{all:?}");
+    let out = b.handle(heartbeat(&a, "node-a"), ms(1600));
+    assert!(alerts(&out)
+        .iter()
+        .any(|x| matches!(x, Alert::PeerBack { peer } if peer == "node-a")));
+}
+
+#[test]
+fn a_hold_down_and_a_fault_are_told() {
+    let (mut a, _b) = master_a(ms(100));
+    let out = a.handle(Event::CloudState(Ok(CloudView::Holder(B.into()))), ms(200));
+    assert!(alerts(&out)
+        .iter()
+        .any(|x| matches!(x, Alert::HoldDownStarted { duration } if !duration.is_zero())));
+    let mut c = node_a();
+    c.start(ms(0));
+    let out = c.handle(
+        Event::CloudState(Err(Failure::permanent("UnauthorizedOperation"))),
+        ms(10),
+    );
+    assert!(alerts(&out)
+        .iter()
+        .any(|x| matches!(x, Alert::FaultEntered { .. })));
 }

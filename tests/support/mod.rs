@@ -446,6 +446,7 @@ pub fn settings(
             on_backup: vec![],
             on_fault: vec![],
             on_stop: vec![],
+            on_event: Vec::new(),
         },
         control: ControlSettings {
             socket: PathBuf::from("/nonexistent/sock"),
