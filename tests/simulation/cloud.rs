@@ -83,11 +83,18 @@ pub struct Cloud {
     /// Procedures started: claims and releases.
     pub claims: u32,
     pub releases: u32,
+    /// The attachment before the last change, and when it changed: what a stale read shows.
+    pub before: Option<Att>,
+    pub changed_at: Time,
+    /// Until then, reads shortly after a change may be stale (eventual consistency).
+    pub stale_until: Time,
+    /// Until then, normal detaches stay in `detaching` for seconds.
+    pub stuck_until: Time,
 }
 
 impl Cloud {
-    pub fn holder_view(&self) -> CloudView {
-        match self.att {
+    pub fn holder_view(att: Option<Att>) -> CloudView {
+        match att {
             Some(Att {
                 node,
                 state: AttState::Attached | AttState::Attaching,
@@ -98,8 +105,8 @@ impl Cloud {
     }
 
     /// DescribeNetworkInterfaces, as EC2 would answer it.
-    pub fn describe(&self) -> EniInfo {
-        let attachment = self.att.map(|a| Attachment {
+    pub fn describe(att: Option<Att>) -> EniInfo {
+        let attachment = att.map(|a| Attachment {
             instance_id: instance_id(a.node),
             attachment_id: attachment_id(a.id),
             device_index: 1,

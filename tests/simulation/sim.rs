@@ -3,6 +3,8 @@
 
 mod host;
 
+pub use host::{outage_bound, Host, Service};
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
@@ -61,6 +63,11 @@ pub enum Ev {
     Transition {
         version: u64,
     },
+    /// A round of a node's check runner (own checks, probe through the ENI).
+    CheckRound {
+        node: usize,
+        gen: u64,
+    },
     Fault(Fault),
 }
 
@@ -72,6 +79,19 @@ pub enum Fault {
     Start(usize),
     /// Stop the daemon as systemd would, with or without handover.
     Stop(usize, bool),
+    /// The host dies (agent, service and host config with it) / boots (service, then agent).
+    KillHost(usize),
+    BootHost(usize),
+    /// The node's service (nginx) goes down or up; the agent keeps running.
+    Service(usize, bool),
+    /// The node's key differs from its peers' (set around a restart of its agent).
+    WrongKey(usize, bool),
+    /// One node's API path fails this often.
+    NodeCloudErrors(usize, f64),
+    /// DescribeNetworkInterfaces may show the previous state for a while after a change.
+    StaleDescribe(Duration),
+    /// Normal detaches started in the next while stay in `detaching` for seconds.
+    StuckDetach(Duration),
     Partition(usize, usize, bool),
     Loss(f64),
     CloudErrors(f64),
@@ -116,6 +136,7 @@ pub struct SimNode {
     /// Time spent believing master while another instance holds the ENI (running time only).
     pub wrong_master: Duration,
     pub pending_yields: BTreeMap<u64, Time>,
+    pub host: Host,
 }
 
 pub struct Params {
@@ -143,6 +164,7 @@ pub struct Sim {
     pub yields_requested: u32,
     pub yields_ok: u32,
     pub last_check: Time,
+    pub service: Service,
 }
 
 pub fn config(i: usize, n: usize, prio: &[u8]) -> CoreConfig {
@@ -186,6 +208,7 @@ impl Sim {
                 tick_at: None,
                 wrong_master: Duration::ZERO,
                 pending_yields: BTreeMap::new(),
+                host: Host::new(),
             })
             .collect();
         Sim {
@@ -210,6 +233,14 @@ impl Sim {
             yields_requested: 0,
             yields_ok: 0,
             last_check: Duration::ZERO,
+            service: Service::default(),
+        }
+    }
+
+    /// Every node corroborates a silent holder's death with `fall` probes (or not, `None`).
+    pub fn corroborate(&mut self, fall: Option<u32>) {
+        for n in &mut self.nodes {
+            n.cfg.corroborate_fall = fall;
         }
     }
 
@@ -244,11 +275,15 @@ impl Sim {
             };
             self.account(q.at);
             self.now = q.at;
+            // The state since the last event held until now: judge it before it changes.
+            self.check_outage();
             self.step(q.ev);
+            self.update_service();
             self.check_safety()?;
         }
         self.account(end);
         self.now = end;
+        self.check_outage();
         self.check_safety()
     }
 
@@ -270,6 +305,9 @@ impl Sim {
     }
 
     pub fn check_safety(&self) -> Result<(), String> {
+        if let Some(v) = &self.service.violation {
+            return Err(v.clone());
+        }
         for (i, n) in self.nodes.iter().enumerate() {
             if n.wrong_master > self.params.wrong_master_bound {
                 return Err(format!(
@@ -286,8 +324,10 @@ impl Sim {
     pub fn step(&mut self, ev: Ev) {
         match ev {
             Ev::Tick { node, generation } => {
+                // A paused agent misses its timers; resuming ticks it.
                 if self.nodes[node].generation == generation
                     && self.nodes[node].tick_at == Some(self.now)
+                    && !self.nodes[node].paused
                 {
                     self.nodes[node].tick_at = None;
                     self.deliver(node, Event::Tick);
@@ -299,15 +339,16 @@ impl Sim {
                 advert,
                 incarnation,
             } => {
+                let event = Event::Heartbeat {
+                    peer: name(from),
+                    advert,
+                    incarnation,
+                };
                 if self.running(to) {
-                    self.deliver(
-                        to,
-                        Event::Heartbeat {
-                            peer: name(from),
-                            advert,
-                            incarnation,
-                        },
-                    );
+                    self.deliver(to, event);
+                } else if self.nodes[to].paused {
+                    // The socket buffers what arrives while the agent is stopped.
+                    self.nodes[to].deferred.push(event);
                 }
             }
             Ev::Deliver {
@@ -326,13 +367,14 @@ impl Sim {
             }
             Ev::CloudQuery { node, generation } => self.cloud_query(node, generation),
             Ev::CloudCall(op, call) => {
-                let result = self.serve(op.node, &call);
+                let result = self.serve(op.node, op.started, &call);
                 let half = self.api_latency() / 2;
                 self.at(self.now + half, Ev::CloudAnswer(op, result));
             }
             Ev::CloudAnswer(op, result) => self.advance(op, Some(result)),
             Ev::CloudWaited(op) => self.advance(op, None),
             Ev::Transition { version } => self.cloud_transition(version),
+            Ev::CheckRound { node, gen } => self.check_round(node, gen),
             Ev::Fault(f) => self.fault(f),
         }
     }
@@ -342,10 +384,16 @@ impl Sim {
         let Some(core) = self.nodes[i].core.as_mut() else {
             return;
         };
-        let before = core.role();
+        let health = match &event {
+            Event::Health { healthy, .. } => Some(*healthy),
+            _ => None,
+        };
         let actions = core.handle(event, now);
-        let _ = before;
+        if let Some(h) = health {
+            self.nodes[i].host.told_healthy = h;
+        }
         self.run_actions(i, actions);
+        self.check_net_removed(i);
         self.schedule_tick(i);
     }
 
@@ -408,8 +456,10 @@ impl Sim {
                 Action::Claim {
                     expected_holder,
                     force,
+                    kind,
                     ..
                 } => {
+                    self.check_claim(i, kind);
                     let req = ClaimRequest {
                         // As the daemon does: an id that does not parse expects nobody.
                         expected_holder: expected_holder.and_then(|h| h.parse().ok()),
@@ -419,37 +469,13 @@ impl Sim {
                     self.start_proc(i, Proc::Claim(ClaimProc::new(req, context(i))));
                 }
                 Action::Release => self.start_proc(i, Proc::Release(ReleaseProc::new(context(i)))),
-                Action::ApplyNet => {
-                    let attached_here = matches!(
-                        self.cloud.att,
-                        Some(Att {
-                            node,
-                            state: AttState::Attached,
-                            ..
-                        }) if node == i
-                    );
-                    if attached_here {
-                        self.reply(
-                            i,
-                            generation,
-                            Event::NetApplied(Ok(())),
-                            Duration::from_millis(5),
-                        );
-                    } else {
-                        self.reply(
-                            i,
-                            generation,
-                            Event::NetApplied(Err("link did not appear".into())),
-                            Duration::from_millis(1500),
-                        );
-                    }
+                Action::ApplyNet => self.apply_net(i, generation),
+                Action::RemoveNet => {
+                    self.nodes[i].host.net_config = false;
+                    self.nodes[i].host.net_wanted = false;
+                    let removed = Event::NetRemoved(Ok(()));
+                    self.reply(i, generation, removed, Duration::from_millis(2));
                 }
-                Action::RemoveNet => self.reply(
-                    i,
-                    generation,
-                    Event::NetRemoved(Ok(())),
-                    Duration::from_millis(2),
-                ),
                 Action::RunHooks { .. } => {}
                 Action::Reply { token, result } => {
                     self.log(format!("{} reply {token}: {result:?}", name(i)));
@@ -468,6 +494,27 @@ impl Sim {
         }
     }
 
+    /// The host config takes effect at once if the ENI's link is here; the answer follows.
+    fn apply_net(&mut self, i: usize, generation: u64) {
+        let attached_here = matches!(
+            self.cloud.att,
+            Some(Att {
+                node,
+                state: AttState::Attached,
+                ..
+            }) if node == i
+        );
+        let (event, after) = if attached_here {
+            self.nodes[i].host.net_config = true;
+            self.nodes[i].host.net_wanted = true;
+            (Ok(()), 5)
+        } else {
+            (Err("link did not appear".into()), 1500)
+        };
+        let event = Event::NetApplied(event);
+        self.reply(i, generation, event, Duration::from_millis(after));
+    }
+
     pub fn send_heartbeats(&mut self, from: usize) {
         let Some(core) = self.nodes[from].core.as_ref() else {
             return;
@@ -475,7 +522,9 @@ impl Sim {
         let advert = core.advert();
         let incarnation = self.nodes[from].incarnation;
         for to in 0..self.nodes.len() {
-            if to == from || self.partitioned(from, to) || self.rng.chance(self.loss) {
+            // A wrong key on either side: the receiver rejects the packet (bad MAC).
+            let rejected = self.nodes[from].host.wrong_key || self.nodes[to].host.wrong_key;
+            if to == from || rejected || self.partitioned(from, to) || self.rng.chance(self.loss) {
                 continue;
             }
             let copies = if self.rng.chance(self.params.dup_rate) {
@@ -542,11 +591,30 @@ impl Sim {
         }
     }
 
+    /// How often a call from `node` fails: the cloud's rate or that node's path's.
+    fn error_rate(&self, node: usize) -> f64 {
+        self.cloud
+            .error_rate
+            .max(self.nodes[node].host.cloud_error_rate)
+    }
+
+    /// The attachment as a read sees it: shortly after a change, during a stale spell, it may
+    /// still show the previous state.
+    fn visible_att(&mut self) -> Option<Att> {
+        let c = &self.cloud;
+        let recent = self.now < c.changed_at + host::STALE_LAG;
+        if self.now < c.stale_until && recent && self.rng.chance(0.5) {
+            return self.cloud.before;
+        }
+        self.cloud.att
+    }
+
     pub fn cloud_query(&mut self, node: usize, generation: u64) {
-        let event = if self.rng.chance(self.cloud.error_rate) {
+        let event = if self.rng.chance(self.error_rate(node)) {
             Event::CloudState(Err(Failure::retryable("RequestLimitExceeded")))
         } else {
-            Event::CloudState(Ok(self.cloud.holder_view()))
+            let att = self.visible_att();
+            Event::CloudState(Ok(Cloud::holder_view(att)))
         };
         let half = self.api_latency() / 2;
         self.reply(node, generation, event, half);
@@ -555,8 +623,9 @@ impl Sim {
     /// One primitive call, answered as EC2 would: attach of an ENI in use fails as in use,
     /// device index 0 is taken by the primary interface, a detach must name the current
     /// attachment, and attach and detach finish later (see [`Sim::cloud_transition`]).
-    pub fn serve(&mut self, node: usize, call: &Call) -> Result<Reply, CloudError> {
-        if self.rng.chance(self.cloud.error_rate) {
+    /// `decided` is when the node decided on the procedure making the call.
+    pub fn serve(&mut self, node: usize, decided: Time, call: &Call) -> Result<Reply, CloudError> {
+        if self.rng.chance(self.error_rate(node)) {
             return Err(CloudError::new(
                 CloudErrorKind::Throttled,
                 "RequestLimitExceeded",
@@ -565,7 +634,10 @@ impl Sim {
         let current = self.cloud.att;
         let named = |id: &str| current.filter(|a| attachment_id(a.id) == id);
         match call {
-            Call::Describe => Ok(Reply::Described(self.cloud.describe())),
+            Call::Describe => {
+                let att = self.visible_att();
+                Ok(Reply::Described(Cloud::describe(att)))
+            }
             Call::Attach { device_index: 0 } => Err(CloudError::new(
                 CloudErrorKind::InvalidParameter,
                 "already has an interface attached at device index '0'",
@@ -589,20 +661,7 @@ impl Sim {
                 force,
             } => match named(attachment_id) {
                 Some(a) => {
-                    if a.state != AttState::Detaching {
-                        self.log(format!(
-                            "cloud: {} detaches {}{}",
-                            name(node),
-                            name(a.node),
-                            if *force { " (forced)" } else { "" }
-                        ));
-                        self.set_att(Some((
-                            a.node,
-                            AttState::Detaching,
-                            a.id,
-                            a.delete_on_termination,
-                        )));
-                    }
+                    self.detach(node, a, *force, decided);
                     Ok(Reply::Accepted)
                 }
                 None => Err(not_found(attachment_id)),
@@ -619,7 +678,40 @@ impl Sim {
         }
     }
 
+    /// A detach of `a` requested by `node`: a normal one may get stuck in `detaching`; a
+    /// forced one finishes in the usual time, even over a stuck one.
+    fn detach(&mut self, node: usize, a: Att, force: bool, decided: Time) {
+        if a.state == AttState::Detaching && !force {
+            return;
+        }
+        let forced = if force { " (forced)" } else { "" };
+        self.log(format!(
+            "cloud: {} detaches {}{forced}",
+            name(node),
+            name(a.node)
+        ));
+        if force && a.state == AttState::Attached {
+            self.forced_detach(node, a.node, decided);
+        }
+        let stuck = !force && self.now < self.cloud.stuck_until;
+        let delay = stuck.then(|| self.rng.ms(host::STUCK.0, host::STUCK.1));
+        let att = (a.node, AttState::Detaching, a.id, a.delete_on_termination);
+        self.set_att_after(Some(att), delay);
+    }
+
     pub fn set_att(&mut self, att: Option<(usize, AttState, u64, bool)>) {
+        self.set_att_after(att, None);
+    }
+
+    /// Changes the attachment; an attaching or detaching one finishes after `delay`, or after
+    /// the usual random delay.
+    fn set_att_after(
+        &mut self,
+        att: Option<(usize, AttState, u64, bool)>,
+        delay: Option<Duration>,
+    ) {
+        self.cloud.before = self.cloud.att;
+        self.cloud.changed_at = self.now;
         self.cloud.version += 1;
         let version = self.cloud.version;
         self.cloud.att = att.map(|(node, state, id, delete_on_termination)| Att {
@@ -629,13 +721,13 @@ impl Sim {
             id,
             delete_on_termination,
         });
-        let delay = match att {
+        let range = match att {
             Some((_, AttState::Attaching, ..)) => Some(self.params.attach_delay),
             Some((_, AttState::Detaching, ..)) => Some(self.params.detach_delay),
             _ => None,
         };
-        if let Some((lo, hi)) = delay {
-            let t = self.now + self.rng.ms(lo, hi);
+        if let Some((lo, hi)) = range {
+            let t = self.now + delay.unwrap_or_else(|| self.rng.ms(lo, hi));
             self.at(t, Ev::Transition { version });
         }
     }
@@ -672,20 +764,13 @@ impl Sim {
         self.log(format!("fault: {f:?}"));
         match f {
             Fault::Pause(i) => {
-                if self.nodes[i].core.is_some() {
-                    self.nodes[i].paused = true;
+                let n = &mut self.nodes[i];
+                if n.core.is_some() && !n.paused {
+                    n.paused = true;
+                    n.host.paused_wake = Some(n.tick_at.unwrap_or(self.now));
                 }
             }
-            Fault::Resume(i) => {
-                if self.nodes[i].paused {
-                    self.nodes[i].paused = false;
-                    let deferred = std::mem::take(&mut self.nodes[i].deferred);
-                    for e in deferred {
-                        self.deliver(i, e);
-                    }
-                    self.deliver(i, Event::Tick);
-                }
-            }
+            Fault::Resume(i) => self.resume(i),
             Fault::Kill(i) => {
                 let n = &mut self.nodes[i];
                 n.core = None;
@@ -695,7 +780,7 @@ impl Sim {
                 n.pending_yields.clear();
             }
             Fault::Start(i) => {
-                if self.nodes[i].core.is_none() {
+                if self.nodes[i].core.is_none() && self.nodes[i].host.up {
                     let n = &mut self.nodes[i];
                     n.generation += 1;
                     n.incarnation += 1;
@@ -703,6 +788,7 @@ impl Sim {
                     let mut core = Node::new(n.cfg.clone(), self.now);
                     let actions = core.start(self.now);
                     n.core = Some(core);
+                    self.agent_started(i);
                     self.run_actions(i, actions);
                     self.schedule_tick(i);
                 }
@@ -718,6 +804,28 @@ impl Sim {
                     self.partitions.push((a, b));
                 }
             }
+            Fault::KillHost(i) => {
+                self.fault(Fault::Kill(i));
+                let h = &mut self.nodes[i].host;
+                h.up = false;
+                h.service_up = false;
+                h.net_config = false;
+            }
+            Fault::BootHost(i) => {
+                if !self.nodes[i].host.up {
+                    self.nodes[i].host.up = true;
+                    self.nodes[i].host.service_up = true;
+                    self.fault(Fault::Start(i));
+                }
+            }
+            Fault::Service(i, up) => {
+                let h = &mut self.nodes[i].host;
+                h.service_up = up && h.up;
+            }
+            Fault::WrongKey(i, on) => self.nodes[i].host.wrong_key = on,
+            Fault::NodeCloudErrors(i, p) => self.nodes[i].host.cloud_error_rate = p,
+            Fault::StaleDescribe(d) => self.cloud.stale_until = self.now + d,
+            Fault::StuckDetach(d) => self.cloud.stuck_until = self.now + d,
             Fault::Loss(p) => self.loss = p,
             Fault::CloudErrors(p) => self.cloud.error_rate = p,
             Fault::Yield => {
@@ -746,8 +854,17 @@ impl Sim {
                 self.partitions.clear();
                 self.loss = 0.0;
                 self.cloud.error_rate = 0.0;
+                self.cloud.stale_until = self.now;
+                self.cloud.stuck_until = self.now;
                 for i in 0..self.nodes.len() {
                     self.fault(Fault::Resume(i));
+                    if self.nodes[i].host.wrong_key {
+                        self.fault(Fault::Kill(i));
+                        self.nodes[i].host.wrong_key = false;
+                    }
+                    self.nodes[i].host.cloud_error_rate = 0.0;
+                    self.fault(Fault::BootHost(i));
+                    self.fault(Fault::Service(i, true));
                     self.fault(Fault::Start(i));
                 }
             }
