@@ -804,28 +804,13 @@ impl Sim {
                     self.partitions.push((a, b));
                 }
             }
-            Fault::KillHost(i) => {
-                self.fault(Fault::Kill(i));
-                let h = &mut self.nodes[i].host;
-                h.up = false;
-                h.service_up = false;
-                h.net_config = false;
-            }
-            Fault::BootHost(i) => {
-                if !self.nodes[i].host.up {
-                    self.nodes[i].host.up = true;
-                    self.nodes[i].host.service_up = true;
-                    self.fault(Fault::Start(i));
-                }
-            }
-            Fault::Service(i, up) => {
-                let h = &mut self.nodes[i].host;
-                h.service_up = up && h.up;
-            }
-            Fault::WrongKey(i, on) => self.nodes[i].host.wrong_key = on,
-            Fault::NodeCloudErrors(i, p) => self.nodes[i].host.cloud_error_rate = p,
-            Fault::StaleDescribe(d) => self.cloud.stale_until = self.now + d,
-            Fault::StuckDetach(d) => self.cloud.stuck_until = self.now + d,
+            f @ (Fault::KillHost(_)
+            | Fault::BootHost(_)
+            | Fault::Service(..)
+            | Fault::WrongKey(..)
+            | Fault::NodeCloudErrors(..)
+            | Fault::StaleDescribe(_)
+            | Fault::StuckDetach(_)) => self.host_fault(f),
             Fault::Loss(p) => self.loss = p,
             Fault::CloudErrors(p) => self.cloud.error_rate = p,
             Fault::Yield => {
@@ -850,24 +835,27 @@ impl Sim {
                     );
                 }
             }
-            Fault::HealAll => {
-                self.partitions.clear();
-                self.loss = 0.0;
-                self.cloud.error_rate = 0.0;
-                self.cloud.stale_until = self.now;
-                self.cloud.stuck_until = self.now;
-                for i in 0..self.nodes.len() {
-                    self.fault(Fault::Resume(i));
-                    if self.nodes[i].host.wrong_key {
-                        self.fault(Fault::Kill(i));
-                        self.nodes[i].host.wrong_key = false;
-                    }
-                    self.nodes[i].host.cloud_error_rate = 0.0;
-                    self.fault(Fault::BootHost(i));
-                    self.fault(Fault::Service(i, true));
-                    self.fault(Fault::Start(i));
-                }
+            Fault::HealAll => self.heal_all(),
+        }
+    }
+
+    /// Ends every fault: what is left must converge to one serving master.
+    pub fn heal_all(&mut self) {
+        self.partitions.clear();
+        self.loss = 0.0;
+        self.cloud.error_rate = 0.0;
+        self.cloud.stale_until = self.cloud.stale_until.min(self.now);
+        self.cloud.stuck_until = self.cloud.stuck_until.min(self.now);
+        for i in 0..self.nodes.len() {
+            self.fault(Fault::Resume(i));
+            if self.nodes[i].host.wrong_key {
+                self.fault(Fault::Kill(i));
+                self.nodes[i].host.wrong_key = false;
             }
+            self.nodes[i].host.cloud_error_rate = 0.0;
+            self.fault(Fault::BootHost(i));
+            self.fault(Fault::Service(i, true));
+            self.fault(Fault::Start(i));
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use enipeer::core::{ClaimKind, Event, Role, Time};
 
-use super::{name, Ev, Sim};
+use super::{name, Ev, Fault, Sim};
 use crate::cloud::{AttState, Rng};
 
 /// Own checks and the corroborating probe run this often (the check interval).
@@ -88,6 +88,8 @@ pub struct Service {
     pub served_by: Option<usize>,
     pub since: Time,
     pub calm_since: Option<Time>,
+    /// Some fault broke the calm before: its residual timers may still run.
+    pub was_disturbed: bool,
     pub eligible_since: Option<Time>,
     /// Invariant (b)'s bound; `None` leaves (b) unchecked.
     pub bound: Option<Duration>,
@@ -100,10 +102,13 @@ pub struct Service {
     /// Backups that found a previous run's host config still applied (not a step-down of
     /// theirs, so not (d); reported).
     pub leftovers: u32,
+    /// How long a scenario's failure took to be repaired (reported).
+    pub recovery: Option<Duration>,
 }
 
 /// Residual timers a fault can leave running after it is over (claim backoff, hold-down): both
-/// are capped at `hold_down_max`.
+/// are capped at `hold_down_max`. After the first fault, (b) starts counting this long after
+/// the calm began.
 pub fn residual(sim: &Sim) -> Duration {
     sim.nodes[0].cfg.hold_down_max
 }
@@ -271,6 +276,33 @@ impl Sim {
         self.schedule_checks(i);
     }
 
+    /// The faults of hosts, services, keys and the cloud's API.
+    pub fn host_fault(&mut self, f: Fault) {
+        match f {
+            Fault::KillHost(i) => {
+                self.fault(Fault::Kill(i));
+                let h = &mut self.nodes[i].host;
+                h.up = false;
+                h.service_up = false;
+                h.net_config = false;
+            }
+            Fault::BootHost(i) if !self.nodes[i].host.up => {
+                self.nodes[i].host.up = true;
+                self.nodes[i].host.service_up = true;
+                self.fault(Fault::Start(i));
+            }
+            Fault::Service(i, up) => {
+                let h = &mut self.nodes[i].host;
+                h.service_up = up && h.up;
+            }
+            Fault::WrongKey(i, on) => self.nodes[i].host.wrong_key = on,
+            Fault::NodeCloudErrors(i, p) => self.nodes[i].host.cloud_error_rate = p,
+            Fault::StaleDescribe(d) => self.cloud.stale_until = self.now + d,
+            Fault::StuckDetach(d) => self.cloud.stuck_until = self.now + d,
+            _ => {}
+        }
+    }
+
     /// Invariant (a): `claimant`'s claim, decided at `decided`, force-detaches `holder`.
     ///
     /// The core can only know what its probes told it: a service that came back less than a
@@ -341,7 +373,8 @@ impl Sim {
             && self.loss == 0.0
             && self.cloud.error_rate == 0.0
             && self.now >= self.cloud.stale_until
-            && self.now >= self.cloud.stuck_until + Duration::from_millis(STUCK.1)
+            && (self.cloud.stuck_until.is_zero()
+                || self.now >= self.cloud.stuck_until + Duration::from_millis(STUCK.1))
             && self
                 .nodes
                 .iter()
@@ -369,7 +402,12 @@ impl Sim {
         ) else {
             return;
         };
-        let start = self.service.since.max(calm + residual(self)).max(eligible);
+        let residual = if self.service.was_disturbed {
+            residual(self)
+        } else {
+            Duration::ZERO
+        };
+        let start = self.service.since.max(calm + residual).max(eligible);
         let outage = self.now.saturating_sub(start);
         self.service.outage_max = self.service.outage_max.max(outage);
         if outage > bound && self.service.violation.is_none() {
@@ -396,6 +434,7 @@ impl Sim {
         } else {
             None
         };
+        s.was_disturbed |= !calm;
         let eligible = (0..self.nodes.len()).any(|i| self.eligible(i));
         let s = &mut self.service;
         s.eligible_since = if eligible {
