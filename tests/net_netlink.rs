@@ -981,3 +981,36 @@ fn hot_plug_with_a_rename_in_the_same_command_never_fails_the_apply() {
     });
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// A removal that fails in part (the test seam fails one rule delete, once) removes everything
+/// else, names what it left, and the next removal (the daemon's retry on reconcile) leaves the
+/// host clean.
+#[test]
+fn a_removal_that_fails_once_leaves_only_what_failed_and_the_retry_cleans_it() {
+    if !is_root() {
+        return;
+    }
+    let ns = new_ns();
+    add_nic(&ns);
+    let (first, second) = ns.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let plan = plan();
+        net.apply(&plan).await.unwrap();
+        net.seam().fail_next_delete(enipeer::net::NetObject::Rule);
+        let first = net.remove(&plan).await;
+        let second = net.remove(&plan).await;
+        (first, second)
+    });
+    let err = first.expect_err("the injected fault fails the removal");
+    assert_eq!(err.kind, NetErrorKind::Teardown, "{err}");
+    let failed = err.teardown.expect("the failed objects");
+    assert_eq!(failed.failed.len(), 1, "{failed}");
+    assert_eq!(failed.failed[0].object, enipeer::net::NetObject::Rule);
+    // The rest went all the same, before the retry.
+    assert_eq!(
+        second.expect("the retry succeeds").changed,
+        vec!["rule from 198.18.1.25 lookup 10001 priority 10001"]
+    );
+    assert!(table_rules(&ns, "10001").is_empty());
+    assert!(table_routes(&ns, "10001").is_empty());
+}

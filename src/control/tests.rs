@@ -28,6 +28,7 @@ fn sample_report() -> RoleReport {
             corroborated: true,
             ..Default::default()
         },
+        leftovers: vec!["ENI 02:00:00:00:00:01: teardown: rule: EBUSY".into()],
     }
 }
 

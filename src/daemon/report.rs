@@ -45,6 +45,11 @@ impl Daemon {
                 .filter(|(k, _)| !matches!(k.as_str(), "accepted" | "sent"))
                 .collect(),
             health: self.health_report(now),
+            leftovers: self
+                .leftovers
+                .iter()
+                .map(|(p, e)| format!("ENI {}: {e}", p.mac))
+                .collect(),
         }
     }
 
