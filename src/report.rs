@@ -30,6 +30,10 @@ pub struct RoleReport {
     /// The operator's reason while this node is in maintenance.
     #[serde(default)]
     pub maintenance: Option<String>,
+    /// Host network config a removal left behind (one line per plan: what failed), retried on
+    /// each reconcile until the host is clean; empty when it is.
+    #[serde(default)]
+    pub leftovers: Vec<String>,
 }
 
 /// This node's service health as `role` shows it.
@@ -124,6 +128,9 @@ impl RoleReport {
             out.push_str(&format!("  hold-down: {} left\n", fmt_ms(ms)));
         }
         out.push_str(&self.health.render());
+        for l in &self.leftovers {
+            out.push_str(&format!("  LEFTOVER on the host (retried): {l}\n"));
+        }
         for p in &self.peers {
             out.push_str(&format!(
                 "  peer {}: {}{}, {}{}\n",

@@ -29,6 +29,7 @@ fn sample_report() -> RoleReport {
             ..Default::default()
         },
         maintenance: None,
+        leftovers: vec!["ENI 02:00:00:00:00:01: teardown: rule: EBUSY".into()],
     }
 }
 

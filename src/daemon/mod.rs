@@ -190,6 +190,12 @@ enum Done {
         event: Event,
         steps: Vec<Step>,
     },
+    /// What a removal (or a cleanup) left on the host: the `tried` plans were removed again,
+    /// the `failed` ones are still (partly) there, with why.
+    Leftovers {
+        tried: Vec<NetPlan>,
+        failed: Vec<(NetPlan, String)>,
+    },
     /// From the link watch while master.
     LinkGone,
     Drift,
@@ -217,6 +223,9 @@ struct Daemon {
     /// The plan last sent to be applied: what a removal must take away even if the ENI's
     /// description changed since.
     applied: Option<NetPlan>,
+    /// Plans whose removal failed, with the last error: removed again on each reconcile tick
+    /// while this node does not serve, until the host is clean; `role` lists them.
+    leftovers: Vec<(NetPlan, String)>,
     /// Uses of the plan waiting, in order, for the describe in flight (`describing`).
     plan_waiting: Vec<PlanUse>,
     describing: bool,
@@ -389,6 +398,7 @@ impl Daemon {
             instance_id,
             eni: None,
             applied: None,
+            leftovers: Vec::new(),
             plan_waiting: Vec::new(),
             describing: false,
             pending_yields: HashMap::new(),

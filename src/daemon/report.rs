@@ -46,6 +46,11 @@ impl Daemon {
                 .collect(),
             health: self.health_report(now),
             maintenance: self.node.maintenance().map(str::to_string),
+            leftovers: self
+                .leftovers
+                .iter()
+                .map(|(p, e)| format!("ENI {}: {e}", p.mac))
+                .collect(),
         }
     }
 

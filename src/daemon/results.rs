@@ -36,6 +36,7 @@ impl Daemon {
                     self.start_watch().await;
                 }
             }
+            Done::Leftovers { tried, failed } => self.on_leftovers(tried, failed),
             Done::LinkGone => {
                 warn!("the ENI's interface disappeared from this host");
                 self.feed(Event::LinkLost).await;

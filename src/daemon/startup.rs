@@ -128,5 +128,6 @@ fn waiting_report(settings: &Settings, waiting: &str, since: std::time::SystemTi
         rejected: Vec::new(),
         health: Default::default(),
         maintenance: None,
+        leftovers: Vec::new(),
     }
 }
