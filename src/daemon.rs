@@ -68,8 +68,7 @@ pub struct Parts {
 
 /// Builds the adapters the config asks for and runs until stopped.
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
-    let key =
-        crate::config::keyfile::read_key(&settings.auth.key_file).map_err(DaemonError::Key)?;
+    let key = crate::config::keyfile::read_keys(&settings.auth).map_err(DaemonError::Key)?;
     let cloud: Arc<dyn Cloud> = build_cloud(&settings).await?;
     let identity = cloud.identity().await.map_err(DaemonError::Cloud)?;
     info!(

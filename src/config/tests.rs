@@ -170,7 +170,7 @@ fn example_config_mentions_every_key() {
                 "max-clock-skew",
             ],
         ),
-        ("[auth]", &["key-file"]),
+        ("[auth]", &["key-file", "previous-key-file"]),
         (
             "[aws]",
             &[

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use humantime::format_duration;
@@ -26,6 +26,7 @@ const MAX_IFNAME_LEN: usize = 15;
 pub(crate) struct Validated {
     pub settings: Option<Settings>,
     pub key_file: Option<PathBuf>,
+    pub previous_key_file: Option<PathBuf>,
     pub problems: Vec<Problem>,
 }
 
@@ -285,6 +286,28 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
         None if failed.contains("auth") => None,
         None => Some(PathBuf::from(DEFAULT_KEY_FILE)),
     };
+    let previous_key_file = match raw
+        .auth
+        .as_ref()
+        .and_then(|a| a.previous_key_file.as_deref())
+    {
+        Some("") => {
+            c.push(
+                "auth.previous-key-file",
+                "must not be empty (leave it out when not rotating)",
+            );
+            None
+        }
+        Some(p) if key_file.as_deref() == Some(Path::new(p)) => {
+            c.push(
+                "auth.previous-key-file",
+                "names the same file as auth.key-file; during a rotation it is the old key's file",
+            );
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+        None => None,
+    };
 
     let aws = aws(&mut c, raw.aws.as_ref().unwrap_or(&RawAws::default()));
     let network = network(
@@ -341,7 +364,10 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
                 peers,
                 group,
                 heartbeat,
-                auth: AuthSettings { key_file },
+                auth: AuthSettings {
+                    key_file,
+                    previous_key_file: previous_key_file.clone(),
+                },
                 aws,
                 network,
                 hooks,
@@ -363,6 +389,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
     Validated {
         settings,
         key_file,
+        previous_key_file,
         problems: c.problems,
     }
 }

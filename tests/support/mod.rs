@@ -315,6 +315,7 @@ pub fn settings(endpoint: &str, lab: &Lab, me: &InstanceId, peer: Option<Instanc
         },
         auth: AuthSettings {
             key_file: PathBuf::from("/nonexistent/key"),
+            previous_key_file: None,
         },
         aws: aws_settings(endpoint, Duration::from_secs(5)),
         network: NetworkSettings {
