@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::filter::{Acceptor, Reject};
+use super::filter::{Acceptor, RateLimiter, Reject, WARN_INTERVAL};
 use super::wire::{self, Echo, EchoKind, EchoStatus, Header, Keys, WireError};
 
 /// Answers per source address per [`WINDOW`]: a preflight sends a handful, an attacker who can
@@ -62,6 +62,8 @@ pub struct Responder {
     /// peer addresses get an entry, so it stays as small as the configuration.
     budget: HashMap<IpAddr, (u64, u32)>,
     window_ms: u64,
+    /// For the key-mismatch warning, which unauthenticated traffic can trigger.
+    limiter: RateLimiter,
     answered: u64,
     dropped: u64,
 }
@@ -87,6 +89,7 @@ impl Responder {
                 .labelled("echo request"),
             budget: HashMap::new(),
             window_ms: u64::try_from(WINDOW.as_millis()).unwrap_or(u64::MAX),
+            limiter: RateLimiter::new(WARN_INTERVAL),
             answered: 0,
             dropped: 0,
         }
@@ -159,8 +162,11 @@ impl Responder {
         let echo = match wire::decode_echo(buf, keys) {
             Ok((echo, _)) => echo,
             Err(WireError::BadMac) => {
-                tracing::warn!(%from, "echo request from a peer address failed authentication: \
-                    the peer's key differs from ours; answering so its preflight can tell");
+                if let Some(suppressed) = self.limiter.allow("bad-mac", now_mono_ms) {
+                    tracing::warn!(%from, suppressed, "echo request from a peer address failed \
+                        authentication: the peer's key differs from ours; answering so that its \
+                        preflight can tell");
+                }
                 return Ok((EchoStatus::BadMac, unverified_nonce));
             }
             Err(_) => return Err(Dropped::Malformed),

@@ -105,6 +105,33 @@ pub(super) fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Every (peer, address) pair, checked: names that fit the wire format, addresses this socket
+/// can reach.
+fn flatten_targets(
+    peers: &[(String, Vec<SocketAddr>)],
+    local: SocketAddr,
+) -> Result<Vec<(String, SocketAddr)>, PeerError> {
+    let mut targets = Vec::new();
+    for (peer, addrs) in peers {
+        if peer.len() > MAX_STR {
+            return Err(PeerError::NameTooLong(peer.clone()));
+        }
+        for &addr in addrs {
+            // A v4 socket cannot reach a v6 address and vice versa: every heartbeat would
+            // fail, so refuse at startup instead.
+            if addr.is_ipv4() != local.is_ipv4() {
+                return Err(PeerError::AddressFamily {
+                    peer: peer.clone(),
+                    addr,
+                    local,
+                });
+            }
+            targets.push((peer.clone(), addr));
+        }
+    }
+    Ok(targets)
+}
+
 /// The authenticated heartbeat link to the configured peers.
 #[derive(Debug)]
 pub struct PeerLink {
@@ -183,24 +210,7 @@ impl PeerLink {
             return Err(PeerError::NameTooLong(me));
         }
         let local = socket.local_addr().map_err(PeerError::Socket)?;
-        let mut targets = Vec::new();
-        for (peer, addrs) in &peers {
-            if peer.len() > MAX_STR {
-                return Err(PeerError::NameTooLong(peer.clone()));
-            }
-            for &addr in addrs {
-                // A v4 socket cannot reach a v6 address and vice versa: every heartbeat would
-                // fail, so refuse at startup instead.
-                if addr.is_ipv4() != local.is_ipv4() {
-                    return Err(PeerError::AddressFamily {
-                        peer: peer.clone(),
-                        addr,
-                        local,
-                    });
-                }
-                targets.push((peer.clone(), addr));
-            }
-        }
+        let targets = flatten_targets(&peers, local)?;
 
         let sock = SockRef::from(&socket);
         // Best effort: some environments refuse it, and heartbeats still work without it.
