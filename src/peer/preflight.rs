@@ -70,7 +70,7 @@ impl PeerCheck {
     }
 
     /// One line for humans: the verdict and the most likely causes.
-    pub fn detail(&self, port: u16, group_id: u32) -> String {
+    pub fn detail(&self, group_id: u32) -> String {
         match &self.outcome {
             Outcome::Ok { rtt, key } => format!(
                 "answered in {:.1} ms{}",
@@ -87,10 +87,11 @@ impl PeerCheck {
                 self.addr.port()
             ),
             Outcome::NoAnswer { refused: false } => format!(
-                "no answer after {ATTEMPTS} attempts: UDP port {port} blocked (security group, \
+                "no answer: UDP port {} blocked (security group, \
                  network ACL or host firewall, both directions), the peer host or its agent \
                  down, the peer's clock off by more than its max-clock-skew, or the peer runs a \
-                 release without echo support"
+                 release without echo support",
+                self.addr.port()
             ),
             Outcome::KeyMismatch => "the peer answered but its answer fails authentication: the \
                  key files differ (copy the key file, or see key rotation in the README)"
@@ -317,7 +318,7 @@ pub fn preflight_command(settings: &Settings) -> i32 {
             if c.ok() { "ok" } else { "FAIL" },
             c.peer,
             c.addr,
-            c.detail(settings.heartbeat.port, settings.group.id)
+            c.detail(settings.group.id)
         );
     }
     let mut failed: Vec<&str> = Vec::new();
