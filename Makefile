@@ -1,7 +1,8 @@
 # enipeer: common tasks. `make test` is what CI runs (see .ci/run).
 CARGO ?= cargo
 
-.PHONY: all build release test lint fmt fuzz clean-lab assets deb rpm packages package-test demo measure
+.PHONY: all build release test lint fmt fuzz clean-lab assets deb rpm packages package-test demo measure \
+	lab-deps
 
 all: build
 
@@ -11,9 +12,18 @@ build:
 release:
 	$(CARGO) build --release
 
+## What the tests and the lab need, installed when missing (tests/lab-deps.sh): Debian packages
+## (iproute2, nftables, nginx-light, python3-venv; with apt-get as root, else it says what to
+## install) and the lab's Python (moto, the AWS CLI) in .venv/, pinned by
+## tests/requirements-lab.txt. Takes milliseconds when nothing changed. Targets that run the lab
+## set LAB_DEPS_ARGS = --lab: root is required and every lab tool must be there.
+LAB_DEPS_ARGS ?=
+lab-deps:
+	@tests/lab-deps.sh $(LAB_DEPS_ARGS)
+
 ## The full test suite: formatting, lints, then every test. Tests that need root (network
 ## namespaces, netlink) say so and skip when not run as root; CI runs as root.
-test: lint
+test: lab-deps lint
 	$(CARGO) test
 
 lint:
@@ -57,18 +67,15 @@ package-test:
 	packaging/test-packages.sh
 
 ## The lab demo: a whole Availability Zone on this machine, a failover and a yield, narrated.
-## Needs root; installs nginx, nftables and moto when missing.
-demo:
-	@[ "$$(id -u)" -eq 0 ] || { echo "make demo needs root: it creates network namespaces"; exit 1; }
-	@command -v nginx >/dev/null && command -v nft >/dev/null || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		--no-install-recommends nginx-light nftables iproute2; }
-	@bash tests/install-moto.sh
+## Needs root; installs what it needs when missing (lab-deps).
+demo: LAB_DEPS_ARGS = --lab
+demo: lab-deps
 	$(CARGO) test --quiet --test e2e demo -- --ignored --nocapture
 
 ## Failover figures for the primary-host failure (ENIPEER_LAB_RUNS, ENIPEER_LAB_PROFILE,
 ## ENIPEER_LAB_FAST=1 for 50 ms / 250 ms heartbeats). Needs root.
-measure:
+measure: LAB_DEPS_ARGS = --lab
+measure: lab-deps
 	$(CARGO) test --quiet --test e2e measure -- --ignored --nocapture
 
 ## Removes a lab left behind by a killed run (its namespaces, and what runs in them).

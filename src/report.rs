@@ -24,6 +24,37 @@ pub struct RoleReport {
     pub last_failover: Option<TimelineReport>,
     /// Heartbeats rejected since start, by reason.
     pub rejected: Vec<(String, u64)>,
+    /// Service checks and the corroborating probe (absent from reports of older releases).
+    #[serde(default)]
+    pub health: HealthReport,
+}
+
+/// This node's service health as `role` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HealthReport {
+    /// Own checks pass (always true without checks).
+    pub healthy: bool,
+    pub detail: String,
+    /// Master with failing checks and no healthy peer: keeps the ENI, serving badly.
+    pub degraded: bool,
+    /// The holder whose heartbeats are silent but whose service answers through the ENI.
+    pub silent_but_serving: Option<String>,
+    /// Whether takeover waits for the corroborating probe (false: silence alone decides).
+    pub corroborated: bool,
+    /// Consecutive failed probes through the ENI, and how long ago the last one passed.
+    pub probe_fails: u32,
+    pub probe_ok_ms_ago: Option<u64>,
+    pub checks: Vec<CheckState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckState {
+    pub name: String,
+    /// "unknown", "up" or "down".
+    pub state: String,
+    /// Counts toward this node's own health now (checks on the ENI's address: only as master).
+    pub counts: bool,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,14 +72,24 @@ pub struct PeerReport {
     pub instance_id: Option<String>,
     pub last_heard_ms_ago: Option<u64>,
     pub alive: bool,
+    /// What the peer last said of its own checks.
+    #[serde(default)]
+    pub healthy: Option<bool>,
 }
 
 impl RoleReport {
     /// The short human summary printed by `enipeer role`.
     pub fn render(&self, now_unix_ms: u64) -> String {
         let ago = |t: u64| fmt_ms(now_unix_ms.saturating_sub(t));
+        let condition = if self.health.degraded {
+            " (degraded: checks fail, no healthy peer)"
+        } else if self.health.silent_but_serving.is_some() {
+            " (peer silent, service up)"
+        } else {
+            ""
+        };
         let mut out = format!(
-            "node {} ({}): {} for {}\n",
+            "node {} ({}): {}{condition} for {}\n",
             self.node,
             self.instance_id,
             self.role.to_uppercase(),
@@ -75,11 +116,17 @@ impl RoleReport {
         if let Some(ms) = self.hold_down_ms_left {
             out.push_str(&format!("  hold-down: {} left\n", fmt_ms(ms)));
         }
+        out.push_str(&self.health.render());
         for p in &self.peers {
             out.push_str(&format!(
-                "  peer {}: {}, {}{}\n",
+                "  peer {}: {}{}, {}{}\n",
                 p.name,
                 p.role.as_deref().unwrap_or("never heard"),
+                if p.healthy == Some(false) {
+                    " (checks failing)"
+                } else {
+                    ""
+                },
                 match p.last_heard_ms_ago {
                     Some(ms) => format!("last heartbeat {} ago", fmt_ms(ms)),
                     None => "no heartbeat yet".into(),
@@ -102,6 +149,50 @@ impl RoleReport {
         if let Some(t) = &self.last_failover {
             out.push_str("  last failover: ");
             out.push_str(&t.render());
+        }
+        out
+    }
+}
+
+impl HealthReport {
+    fn render(&self) -> String {
+        let mut out = format!(
+            "  health: {}{}\n",
+            if self.healthy { "ok" } else { "FAILING: " },
+            if self.healthy {
+                ""
+            } else {
+                self.detail.as_str()
+            }
+        );
+        for c in &self.checks {
+            out.push_str(&format!(
+                "    check {}: {}{}{}\n",
+                c.name,
+                c.state,
+                if c.counts {
+                    ""
+                } else {
+                    " (not counted: not master)"
+                },
+                c.last_error
+                    .as_deref()
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if !self.corroborated {
+            out.push_str(
+                "  takeover: uncorroborated (no http/tcp check): heartbeat silence alone decides\n",
+            );
+        } else {
+            out.push_str(&format!(
+                "  probe through the ENI: {} failed in a row{}\n",
+                self.probe_fails,
+                self.probe_ok_ms_ago
+                    .map(|ms| format!(", last answer {} ago", fmt_ms(ms)))
+                    .unwrap_or_default()
+            ));
         }
         out
     }

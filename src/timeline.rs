@@ -1,9 +1,11 @@
 //! The failover timeline: what happened during one claim or release and when, so the operator can
 //! see where the time went (`enipeer role`, logs) instead of guessing.
 
+use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tracing::info;
 
 /// One step as recorded by whoever performed it (core decision, cloud adapter, net adapter, hooks).
 #[derive(Debug, Clone)]
@@ -17,6 +19,14 @@ impl Step {
         Step {
             label: label.into(),
             at: Instant::now(),
+        }
+    }
+
+    /// One of the daemon's own milestones, as a step.
+    pub fn mark(mark: Mark, at: Instant) -> Self {
+        Step {
+            label: mark.label().to_string(),
+            at,
         }
     }
 }
@@ -43,30 +53,109 @@ pub struct StepReport {
     pub took_ms: f64,
 }
 
+/// What kind of move a timeline records; the operator sees it as the timeline's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The holder went silent.
+    Failover,
+    /// Nobody held the ENI; this node was the best candidate.
+    Election,
+    /// The master offered it.
+    Yield,
+    /// Taken back after a failed handover, or after it was detached from under this node.
+    Reclaim,
+    /// The ENI was already attached here (a restart): only the host config is applied.
+    Adopt,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Failover => "failover",
+            Kind::Election => "election",
+            Kind::Yield => "yield",
+            Kind::Reclaim => "reclaim",
+            Kind::Adopt => "adopt",
+        }
+    }
+}
+
+/// The steps the daemon records itself. The cloud and net adapters report their own, finer steps
+/// as labelled [`Step`]s; these are the milestones between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Decided,
+    ClaimStarted,
+    ReleaseStarted,
+    Released,
+    NetApplied,
+    /// The on-master hook was started (only ever after `NetApplied`).
+    HooksStarted,
+    HooksDone,
+}
+
+impl Mark {
+    /// The label shown to the operator (and matched by the lab and daemon tests).
+    pub fn label(self) -> &'static str {
+        match self {
+            Mark::Decided => "decided",
+            Mark::ClaimStarted => "claim started",
+            Mark::ReleaseStarted => "release started",
+            Mark::Released => "released",
+            Mark::NetApplied => "host network applied",
+            Mark::HooksStarted => "hooks started",
+            Mark::HooksDone => "hooks done",
+        }
+    }
+}
+
+/// How a timeline ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Serving: the host config is applied and the master hooks have run.
+    Master,
+    /// The claim found someone else holding the ENI.
+    Lost {
+        holder: String,
+    },
+    ClaimFailed(String),
+    Released,
+    ReleaseFailed(String),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Master => f.write_str("master"),
+            Outcome::Lost { holder } => write!(f, "lost: {holder} holds the ENI"),
+            Outcome::ClaimFailed(m) => write!(f, "claim failed: {m}"),
+            Outcome::Released => f.write_str("released"),
+            Outcome::ReleaseFailed(m) => write!(f, "release failed: {m}"),
+        }
+    }
+}
+
 /// A timeline under construction. Steps may arrive out of order (adapters report them in batches);
 /// they are sorted by time when reported.
 #[derive(Debug, Clone)]
 pub struct Timeline {
-    kind: String,
+    kind: Kind,
     reason: String,
     start: Instant,
     start_wall: SystemTime,
     steps: Vec<Step>,
-    outcome: Option<String>,
+    outcome: Option<Outcome>,
 }
 
 impl Timeline {
-    pub fn start(kind: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn start(kind: Kind, reason: impl Into<String>) -> Self {
         let start = Instant::now();
         Timeline {
-            kind: kind.into(),
+            kind,
             reason: reason.into(),
             start,
             start_wall: SystemTime::now(),
-            steps: vec![Step {
-                label: "decided".into(),
-                at: start,
-            }],
+            steps: vec![Step::mark(Mark::Decided, start)],
             outcome: None,
         }
     }
@@ -75,16 +164,16 @@ impl Timeline {
         self.steps.push(step);
     }
 
-    pub fn mark(&mut self, label: impl Into<String>) {
-        self.push(Step::now(label));
+    pub fn mark(&mut self, mark: Mark) {
+        self.push(Step::mark(mark, Instant::now()));
     }
 
     pub fn extend(&mut self, steps: impl IntoIterator<Item = Step>) {
         self.steps.extend(steps);
     }
 
-    pub fn finish(&mut self, outcome: impl Into<String>) {
-        self.outcome = Some(outcome.into());
+    pub fn finish(&mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
     }
 
     pub fn is_finished(&self) -> bool {
@@ -116,13 +205,87 @@ impl Timeline {
             })
             .collect();
         TimelineReport {
-            kind: self.kind.clone(),
+            kind: self.kind.as_str().to_string(),
             reason: self.reason.clone(),
             started_unix_ms: unix_ms(self.start_wall),
             steps,
             finished: self.outcome.is_some(),
-            outcome: self.outcome.clone(),
+            outcome: self.outcome.as_ref().map(Outcome::to_string),
         }
+    }
+}
+
+/// The daemon's timeline bookkeeping: at most one timeline running, and the last finished one,
+/// kept for `enipeer role`. A finished timeline is logged and moved out at once, so the running
+/// one is never finished.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    current: Option<Timeline>,
+    last: Option<TimelineReport>,
+}
+
+impl Recorder {
+    /// A claim is a new decision: it replaces whatever was running.
+    pub fn claim_started(&mut self, kind: Kind, reason: impl Into<String>) {
+        let mut t = Timeline::start(kind, reason);
+        t.mark(Mark::ClaimStarted);
+        self.current = Some(t);
+    }
+
+    /// Applying the host config without a claim of ours before it (the ENI was already here):
+    /// starts an adopt timeline unless a claim's timeline is running.
+    pub fn adopt_unless_running(&mut self, reason: impl Into<String>) {
+        if self.current.is_none() {
+            self.current = Some(Timeline::start(Kind::Adopt, reason));
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Marks the running timeline, if any, now.
+    pub fn mark(&mut self, mark: Mark) {
+        self.mark_at(mark, Instant::now());
+    }
+
+    /// Marks the running timeline, if any, at a time measured elsewhere (e.g. by the hook runner).
+    pub fn mark_at(&mut self, mark: Mark, at: Instant) {
+        if let Some(t) = self.current.as_mut() {
+            t.push(Step::mark(mark, at));
+        }
+    }
+
+    /// Adds an adapter's steps to the running timeline, if any.
+    pub fn extend(&mut self, steps: impl IntoIterator<Item = Step>) {
+        if let Some(t) = self.current.as_mut() {
+            t.extend(steps);
+        }
+    }
+
+    /// Ends the running timeline, if any: logs it and keeps its report as the last one.
+    pub fn finish(&mut self, outcome: Outcome) {
+        let Some(mut t) = self.current.take() else {
+            return;
+        };
+        t.finish(outcome);
+        let r = t.report();
+        info!(
+            kind = %r.kind,
+            outcome = r.outcome.as_deref().unwrap_or(""),
+            total_ms = r.steps.last().map_or(0.0, |s| s.at_ms),
+            "timeline:\n{}",
+            r.render()
+        );
+        self.last = Some(r);
+    }
+
+    /// The running timeline, or else the last finished one.
+    pub fn report(&self) -> Option<TimelineReport> {
+        self.current
+            .as_ref()
+            .map(Timeline::report)
+            .or_else(|| self.last.clone())
     }
 }
 
@@ -164,7 +327,7 @@ mod tests {
 
     #[test]
     fn report_orders_steps_and_computes_phase_durations() {
-        let mut t = Timeline::start("failover", "peer silent");
+        let mut t = Timeline::start(Kind::Failover, "peer silent");
         let base = t.start;
         t.push(Step {
             label: "attached".into(),
@@ -174,7 +337,7 @@ mod tests {
             label: "detached".into(),
             at: base + Duration::from_millis(10),
         });
-        t.finish("master");
+        t.finish(Outcome::Master);
         let r = t.report();
         let labels: Vec<_> = r.steps.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(labels, ["decided", "detached", "attached"]);
@@ -182,5 +345,42 @@ mod tests {
         assert_eq!(r.steps[2].took_ms, 20.0);
         assert!(r.finished);
         assert!(r.render().contains("attached"));
+    }
+
+    #[test]
+    fn recorder_keeps_one_running_timeline_and_the_last_finished() {
+        let mut r = Recorder::default();
+        r.mark(Mark::ReleaseStarted);
+        assert!(
+            r.report().is_none(),
+            "a mark without a timeline records nothing"
+        );
+
+        r.claim_started(Kind::Failover, "peer silent");
+        r.adopt_unless_running("ENI already attached here");
+        r.mark(Mark::NetApplied);
+        let running = r.report().expect("a running timeline");
+        assert_eq!(
+            running.kind, "failover",
+            "adopt does not replace a claim's timeline"
+        );
+        assert!(!running.finished);
+
+        r.finish(Outcome::Master);
+        assert!(!r.is_running());
+        let last = r.report().expect("the last timeline");
+        let labels: Vec<_> = last.steps.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["decided", "claim started", "host network applied"]);
+        assert_eq!(last.outcome.as_deref(), Some("master"));
+
+        r.adopt_unless_running("ENI already attached here");
+        assert_eq!(r.report().map(|t| t.kind), Some("adopt".to_string()));
+        r.finish(Outcome::Lost {
+            holder: "i-0000000b".into(),
+        });
+        assert_eq!(
+            r.report().and_then(|t| t.outcome),
+            Some("lost: i-0000000b holds the ENI".to_string())
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! End-to-end scenarios in the lab (see `tests/support/lab.rs`): real enipeer processes in
 //! network namespaces, moto behind the cloud front, nginx, and a client probing the Elastic IP
-//! every 10 ms. Each scenario resets the cloud (reset and reseed, not a restart) and asserts on
-//! what the client saw. Needs root; without it the tests say so and pass as skipped.
+//! every 10 ms. Each scenario is its own test (`cargo test --test e2e lab_yield` runs one); all
+//! share one lab per test binary, taken in turn, and each resets the cloud (reset and reseed,
+//! not a restart) before it asserts on what the client saw. Needs root; without it the tests
+//! say so and pass as skipped.
 //!
 //! `ENIPEER_LAB_BIN` runs another enipeer binary (for example the installed package's
 //! `/usr/bin/enipeer`) instead of the one cargo built.
@@ -12,15 +14,20 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
-use support::lab::{AgentOptions, Lab, Probe, Profile, Samples, NAMES};
+use support::agent_config::AgentConfig;
+use support::lab::{agent_config, AgentOptions, Lab, Probe, Profile, Samples};
+use support::Side::{self, A, B};
 
-/// One lab at a time: the namespaces have fixed names.
-static LAB: Mutex<()> = Mutex::new(());
+/// The lab every test of this binary shares: building one costs seconds (namespaces, moto's
+/// start and warm-up), a reset between scenarios 15 ms plus the agents' start. The mutex also
+/// serializes the tests, which cargo runs on several threads: the namespaces have fixed names.
+static LAB: Mutex<Option<Lab>> = Mutex::new(None);
 
 fn bin() -> PathBuf {
     std::env::var_os("ENIPEER_LAB_BIN")
@@ -34,6 +41,44 @@ fn skip() -> bool {
         return true;
     }
     false
+}
+
+/// Runs `f` on the shared lab, building it on first use; one test at a time. A test that
+/// panicked leaves the lab as it was, and the next one starts with `reset`. Without root (or
+/// nginx, nftables) the test says why and passes as skipped.
+fn with_lab(f: impl FnOnce(&mut Lab)) {
+    if skip() {
+        return;
+    }
+    let mut guard = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        let built = Instant::now();
+        *guard = Some(Lab::up(Profile::from_env(), bin()));
+        println!("  lab built in {:?}", built.elapsed());
+        static TEARDOWN: Once = Once::new();
+        // SAFETY: atexit only records a function pointer; `teardown` captures nothing.
+        TEARDOWN.call_once(|| unsafe {
+            libc::atexit(teardown);
+        });
+    }
+    let lab = guard.as_mut().expect("the lab was just built");
+    let started = Instant::now();
+    f(lab);
+    println!("  scenario took {:?}", started.elapsed());
+}
+
+/// Tears the shared lab down when the test binary exits (statics are never dropped): agents and
+/// nginx stopped, logs kept in `LOG_DIR`, namespaces removed.
+extern "C" fn teardown() {
+    let lab = match LAB.try_lock() {
+        Ok(mut g) => g.take(),
+        Err(TryLockError::Poisoned(e)) => e.into_inner().take(),
+        // A test still holds it (the harness is exiting under it): the next run's start
+        // removes the leftovers by name.
+        Err(TryLockError::WouldBlock) => None,
+    };
+    // A panic must not unwind out of an extern "C" function.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(lab)));
 }
 
 fn secs(s: f64) -> Duration {
@@ -72,23 +117,23 @@ fn primary_host_failure(lab: &mut Lab, dead_interval: Duration) -> (Outage, Samp
     std::thread::sleep(secs(0.3) + dead_interval.mul_f64(jitter()));
     let fault_wall = SystemTime::now();
     let fault_at = Instant::now();
-    lab.freeze(0);
-    lab.wait_for("node-b master", secs(20.0), |l| l.role_name(1) == "master");
+    lab.freeze(A);
+    lab.wait_for("node-b master", secs(20.0), |l| l.role_name(B) == "master");
     let deadline = Instant::now() + secs(10.0);
-    while Instant::now() < deadline && !lab.serving(1) {
+    while Instant::now() < deadline && !lab.serving(B) {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(secs(0.3));
     let samples = probe.finish();
     let from = fault_at.saturating_duration_since(samples.start);
-    let total = samples.first_from("node-b", from).unwrap_or_else(|| {
+    let total = samples.first_from(B.name(), from).unwrap_or_else(|| {
         panic!(
             "the client never reached node-b: {:?}",
             samples.samples.last()
         )
     });
     let failover = lab
-        .role(1)
+        .role(B)
         .and_then(|r| r.last_failover)
         .expect("node-b reports its failover timeline");
     assert_eq!(failover.kind, "failover", "{failover:?}");
@@ -105,248 +150,319 @@ fn primary_host_failure(lab: &mut Lab, dead_interval: Duration) -> (Outage, Samp
     (Outage { total, detection }, samples)
 }
 
+/// The lab's agent configuration is the shipped example with the lab's overrides: the daemon's
+/// own parser accepts it, the overrides took, and what the lab does not override is the
+/// example's. Needs no root.
 #[test]
-fn lab_scenarios() {
-    if skip() {
-        return;
-    }
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::up(Profile::from_env(), bin());
+fn lab_agent_config_is_the_shipped_example_with_overrides() {
     let o = AgentOptions::default();
-    let started = Instant::now();
-
-    println!("1. primary host failure (frozen and cut off)");
-    lab.reset();
-    lab.start_pair(&o);
-    let (outage, _) = primary_host_failure(&mut lab, secs(1.0));
-    assert_eq!(
-        lab.holder(),
-        Some(1),
-        "the cloud attaches the ENI to node-b"
-    );
-    assert!(outage.total < secs(10.0), "{outage:?}");
-    // node-a comes back: backup, stale policy rules gone, and it does not take the ENI back.
-    lab.thaw(0);
-    lab.wait_for("node-a backup after thaw", secs(15.0), |l| {
-        l.role(0)
-            .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
-    });
-    lab.wait_for("node-a's stale rules removed", secs(10.0), |l| {
-        l.eni_rules(0).is_empty()
-    });
-    std::thread::sleep(secs(3.0));
-    assert_eq!(lab.holder(), Some(1), "node-a took the ENI back");
-    assert!(lab.serving(1));
-
-    println!("2. primary agent killed (SIGKILL) while nginx keeps running");
-    lab.reset();
-    lab.start_pair(&o);
-    let probe = Probe::start(secs(20.0));
-    std::thread::sleep(secs(0.3));
-    lab.signal_agent(0, Signal::SIGKILL);
-    lab.wait_for("node-b serving", secs(20.0), |l| {
-        l.holder() == Some(1) && l.serving(1)
-    });
-    let s = probe.finish();
-    println!(
-        "  longest gap {:?}, {} failed probes",
-        s.longest_gap(),
-        s.failed()
-    );
-    assert_eq!(s.last(), Some("node-b"));
-
-    println!("3. enipeer yield, both ways");
-    lab.reset();
-    lab.start_pair(&o);
-    for (from, to) in [(0usize, 1usize), (1, 0)] {
-        let probe = Probe::start(secs(20.0));
-        std::thread::sleep(secs(0.2));
-        let out = lab.cli(from, &["yield", "--timeout", "15s"]);
-        assert!(
-            out.status.success(),
-            "yield from {} failed: {}",
-            NAMES[from],
-            String::from_utf8_lossy(&out.stderr)
+    let example = AgentConfig::example();
+    let dir = Path::new("/run/enipeer-lab");
+    for side in Side::BOTH {
+        let text = agent_config(side, "eni-0123456789abcdef0", &o, dir);
+        let s = enipeer::config::parse(&text, Path::new("lab.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let port = s.heartbeat.port;
+        let addr = |ip: &str| SocketAddr::new(ip.parse().expect("lab address"), port);
+        assert_eq!(s.node.name, side.name());
+        assert_eq!(s.heartbeat.bind, addr(side.node_ip()));
+        assert_eq!(s.peers.len(), 1);
+        assert_eq!(s.peers[0].name, side.peer().name());
+        assert_eq!(s.peers[0].addresses, vec![addr(side.peer().node_ip())]);
+        assert_eq!(s.group.eni.as_str(), "eni-0123456789abcdef0");
+        assert_eq!(
+            s.aws.endpoint_url.as_deref(),
+            Some("http://198.18.0.2:4566")
         );
-        lab.wait_for("the new master serving", secs(10.0), |l| l.serving(to));
-        lab.wait_for("the old master backup", secs(10.0), |l| {
-            l.role_name(from) == "backup"
+        assert_eq!(s.control.socket, dir.join(format!("{}.sock", side.name())));
+        // Not overridden, so the example's.
+        let example_int = |sec: &str, key: &str| {
+            example
+                .get(sec, key)
+                .and_then(|v| v.as_integer())
+                .unwrap_or_else(|| panic!("the example sets {sec}.{key}"))
+        };
+        assert_eq!(i64::from(s.node.priority), example_int("node", "priority"));
+        assert_eq!(i64::from(port), example_int("heartbeat", "port"));
+        assert_eq!(
+            i64::from(s.network.route_table),
+            example_int("network", "route-table")
+        );
+        // Tables the lab does not touch (the example's [[check]]s) are carried over as they are.
+        let example_checks = support::agent_config::EXAMPLE
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("check").and_then(|c| c.as_array()).map(Vec::len))
+            .unwrap_or(0);
+        assert_eq!(s.checks.len(), example_checks);
+    }
+}
+
+// ---------- the scenarios: each its own test, all on the one shared lab ----------
+
+#[test]
+fn lab_primary_host_failure() {
+    with_lab(|lab| {
+        let o = AgentOptions::default();
+        lab.reset();
+        lab.start_pair(&o);
+        let (outage, _) = primary_host_failure(lab, secs(1.0));
+        assert_eq!(
+            lab.holder(),
+            Some(B),
+            "the cloud attaches the ENI to node-b"
+        );
+        assert!(outage.total < secs(10.0), "{outage:?}");
+        // node-a comes back: backup, stale policy rules gone, and it does not take the ENI back.
+        lab.thaw(A);
+        lab.wait_for("node-a backup after thaw", secs(15.0), |l| {
+            l.role(A)
+                .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
         });
-        std::thread::sleep(secs(0.2));
+        lab.wait_for("node-a's stale rules removed", secs(10.0), |l| {
+            l.eni_rules(A).is_empty()
+        });
+        std::thread::sleep(secs(3.0));
+        assert_eq!(lab.holder(), Some(B), "node-a took the ENI back");
+        assert!(lab.serving(B));
+    });
+}
+
+#[test]
+fn lab_primary_agent_killed_while_nginx_runs() {
+    with_lab(|lab| {
+        lab.reset();
+        lab.start_pair(&AgentOptions::default());
+        let probe = Probe::start(secs(20.0));
+        std::thread::sleep(secs(0.3));
+        lab.signal_agent(A, Signal::SIGKILL);
+        lab.wait_for("node-b serving", secs(20.0), |l| {
+            l.holder() == Some(B) && l.serving(B)
+        });
         let s = probe.finish();
         println!(
-            "  {} -> {}: {} failed probes, longest gap {:?}",
-            NAMES[from],
-            NAMES[to],
-            s.failed(),
-            s.longest_gap()
+            "  longest gap {:?}, {} failed probes",
+            s.longest_gap(),
+            s.failed()
         );
-        assert_eq!(lab.holder(), Some(to));
-        assert_eq!(s.last(), Some(NAMES[to]));
-        assert!(
-            lab.front
-                .calls()
-                .iter()
-                .all(|c| c.params.get("Force").map(String::as_str) != Some("true")),
-            "an orderly handover never forces a detach"
-        );
-        // The gap a move needs: detach + attach + host config, no detection time.
-        assert!(s.longest_gap() < secs(5.0), "gap {:?}", s.longest_gap());
-    }
-
-    println!("4. agent restart on the master (SIGTERM, start again)");
-    lab.reset();
-    lab.start_pair(&o);
-    lab.front.clear_calls();
-    let probe = Probe::start(secs(20.0));
-    std::thread::sleep(secs(0.3));
-    lab.signal_agent(0, Signal::SIGTERM);
-    assert_eq!(
-        lab.wait_agent(0, secs(10.0)),
-        Some(0),
-        "clean exit on SIGTERM"
-    );
-    lab.start_agent(0);
-    lab.wait_for("node-a master again", secs(15.0), |l| {
-        l.role_name(0) == "master"
+        assert_eq!(s.last(), Some(B.name()));
     });
-    std::thread::sleep(secs(2.0));
-    let s = probe.finish();
-    assert_eq!(
-        lab.front.count("DetachNetworkInterface"),
-        0,
-        "the restart moved the ENI"
-    );
-    assert_eq!(lab.holder(), Some(0));
-    assert_eq!(s.failed(), 0, "the client saw failures during the restart");
-    assert_eq!(lab.role_name(1), "backup");
+}
 
-    println!("5. heartbeat-only partition for 20 s");
-    lab.reset();
-    lab.start_pair(&o);
-    lab.front.clear_calls();
-    lab.partition_heartbeats();
-    std::thread::sleep(secs(20.0));
-    lab.heal_partition();
-    let attaches = lab
-        .front
-        .calls()
-        .iter()
-        .filter(|c| c.action == "AttachNetworkInterface" && c.status == 200)
-        .count();
-    println!("  ownership changes during the partition: {attaches}");
-    assert!(attaches <= 1, "{attaches} ownership changes in 20 s");
-    lab.wait_for("one master after healing", secs(40.0), |l| {
-        let roles = [l.role_name(0), l.role_name(1)];
-        roles.iter().filter(|r| *r == "master").count() == 1
-            && roles.iter().filter(|r| *r == "backup").count() == 1
-    });
-    let m = lab.holder().expect("a holder");
-    lab.wait_for("the master serving", secs(10.0), |l| l.serving(m));
-
-    println!("6. both agents started at the same moment, ENI detached, 10 times");
-    for round in 0..10 {
+#[test]
+fn lab_yield_both_ways() {
+    with_lab(|lab| {
         lab.reset();
-        lab.write_config(0, &o);
-        lab.write_config(1, &o);
-        lab.start_agent(0);
-        lab.start_agent(1);
-        lab.wait_for("a master", secs(20.0), |l| {
-            l.holder()
-                .is_some_and(|h| l.role_name(h) == "master" && l.serving(h))
-        });
-        let attaches = lab
-            .front
-            .calls()
-            .iter()
-            .filter(|c| c.action == "AttachNetworkInterface" && c.status == 200)
-            .count();
-        assert_eq!(attaches, 1, "round {round}: {attaches} attaches succeeded");
-    }
+        lab.start_pair(&AgentOptions::default());
+        for from in [A, B] {
+            yield_to_peer(lab, from);
+        }
+    });
+}
 
-    println!("7. negative control: policy rule deleted, repair off, then on");
-    lab.reset();
-    let no_repair = AgentOptions {
-        repair: false,
-        ..AgentOptions::default()
-    };
-    lab.start_pair(&no_repair);
-    let rules = lab.eni_rules(0);
-    assert!(!rules.is_empty(), "node-a installed its rules");
-    for _ in &rules {
-        let _ = std::process::Command::new("ip")
-            .args(["-n", "enpl-a", "rule", "del", "from", "198.18.1.25"])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-    let probe = Probe::start(secs(2.0));
-    let s = probe.finish();
-    assert_eq!(
-        s.failed(),
-        s.samples.len(),
-        "without the rule the source/destination check must drop every reply"
+/// `enipeer yield` on the master `from`: the peer serves, `from` is backup, nothing forced.
+fn yield_to_peer(lab: &mut Lab, from: Side) {
+    let to = from.peer();
+    let probe = Probe::start(secs(20.0));
+    std::thread::sleep(secs(0.2));
+    let out = lab.cli(from, &["yield", "--timeout", "15s"]);
+    assert!(
+        out.status.success(),
+        "yield from {} failed: {}",
+        from.name(),
+        String::from_utf8_lossy(&out.stderr)
     );
-    lab.signal_agent(0, Signal::SIGTERM);
-    lab.wait_agent(0, secs(10.0));
-    lab.write_config(0, &o);
-    lab.start_agent(0);
-    lab.wait_for("node-a serving with repair on", secs(15.0), |l| {
-        l.serving(0)
+    lab.wait_for("the new master serving", secs(10.0), |l| l.serving(to));
+    lab.wait_for("the old master backup", secs(10.0), |l| {
+        l.role_name(from) == "backup"
     });
-    let probe = Probe::start(secs(10.0));
-    std::thread::sleep(secs(0.3));
-    let deleted = Instant::now();
-    let _ = std::process::Command::new("ip")
-        .args(["-n", "enpl-a", "rule", "del", "from", "198.18.1.25"])
-        .status();
-    lab.wait_for("the rule repaired", secs(8.0), |l| {
-        !l.eni_rules(0).is_empty()
-    });
-    std::thread::sleep(secs(0.5));
+    std::thread::sleep(secs(0.2));
     let s = probe.finish();
     println!(
-        "  repaired in {:?}; {} failed probes",
-        deleted.elapsed(),
-        s.failed()
+        "  {} -> {}: {} failed probes, longest gap {:?}",
+        from.name(),
+        to.name(),
+        s.failed(),
+        s.longest_gap()
     );
-    assert_eq!(s.last(), Some("node-a"));
-
-    println!("8. cloud throttling on the first two attach attempts during a failover");
-    lab.reset();
-    lab.start_pair(&o);
-    lab.front.clear_calls();
-    lab.front.inject(
-        Some("AttachNetworkInterface"),
-        support::cloud_front::Fault::Throttle,
-        2,
-    );
-    lab.signal_agent(0, Signal::SIGKILL);
-    lab.wait_for("node-b serving", secs(30.0), |l| {
-        l.holder() == Some(1) && l.serving(1)
-    });
-    let tl = lab
-        .role(1)
-        .and_then(|r| r.last_failover)
-        .expect("a failover timeline");
-    println!("{}", tl.render());
-    let retries = tl
-        .steps
-        .iter()
-        .filter(|s| {
-            s.label
-                .contains("AttachNetworkInterface failed (throttled)")
-        })
-        .count();
-    assert_eq!(retries, 2, "the timeline shows both retries: {tl:?}");
-    assert_eq!(
+    assert_eq!(lab.holder(), Some(to));
+    assert_eq!(s.last(), Some(to.name()));
+    assert!(
         lab.front
             .calls()
             .iter()
-            .filter(|c| c.action == "AttachNetworkInterface")
-            .count(),
-        3
+            .all(|c| c.params.get("Force").map(String::as_str) != Some("true")),
+        "an orderly handover never forces a detach"
     );
-    println!("all scenarios in {:?}", started.elapsed());
+    // The gap a move needs: detach + attach + host config, no detection time.
+    assert!(s.longest_gap() < secs(5.0), "gap {:?}", s.longest_gap());
+}
+
+#[test]
+fn lab_agent_restart_on_the_master_keeps_the_eni() {
+    with_lab(|lab| {
+        lab.reset();
+        lab.start_pair(&AgentOptions::default());
+        lab.front.clear_calls();
+        let probe = Probe::start(secs(20.0));
+        std::thread::sleep(secs(0.3));
+        lab.signal_agent(A, Signal::SIGTERM);
+        assert_eq!(
+            lab.wait_agent(A, secs(10.0)),
+            Some(0),
+            "clean exit on SIGTERM"
+        );
+        lab.start_agent(A);
+        lab.wait_for("node-a master again", secs(15.0), |l| {
+            l.role_name(A) == "master"
+        });
+        std::thread::sleep(secs(2.0));
+        let s = probe.finish();
+        assert_eq!(
+            lab.front.count("DetachNetworkInterface"),
+            0,
+            "the restart moved the ENI"
+        );
+        assert_eq!(lab.holder(), Some(A));
+        assert_eq!(s.failed(), 0, "the client saw failures during the restart");
+        assert_eq!(lab.role_name(B), "backup");
+    });
+}
+
+/// Attaches that reached moto and succeeded, since the call log was last cleared.
+fn successful_attaches(lab: &Lab) -> usize {
+    lab.front
+        .calls()
+        .iter()
+        .filter(|c| c.action == "AttachNetworkInterface" && c.status == 200)
+        .count()
+}
+
+#[test]
+fn lab_heartbeat_only_partition_for_20_s() {
+    with_lab(|lab| {
+        lab.reset();
+        lab.start_pair(&AgentOptions::default());
+        lab.front.clear_calls();
+        lab.partition_heartbeats();
+        std::thread::sleep(secs(20.0));
+        lab.heal_partition();
+        let attaches = successful_attaches(lab);
+        println!("  ownership changes during the partition: {attaches}");
+        assert!(attaches <= 1, "{attaches} ownership changes in 20 s");
+        lab.wait_for("one master after healing", secs(40.0), |l| {
+            let roles = Side::BOTH.map(|s| l.role_name(s));
+            roles.iter().filter(|r| *r == "master").count() == 1
+                && roles.iter().filter(|r| *r == "backup").count() == 1
+        });
+        let m = lab.holder().expect("a holder");
+        lab.wait_for("the master serving", secs(10.0), |l| l.serving(m));
+    });
+}
+
+#[test]
+fn lab_simultaneous_start_with_the_eni_detached_10_times() {
+    with_lab(|lab| {
+        let o = AgentOptions::default();
+        for round in 0..10 {
+            lab.reset();
+            for side in Side::BOTH {
+                lab.write_config(side, &o);
+            }
+            for side in Side::BOTH {
+                lab.start_agent(side);
+            }
+            lab.wait_for("a master", secs(20.0), |l| {
+                l.holder()
+                    .is_some_and(|h| l.role_name(h) == "master" && l.serving(h))
+            });
+            let attaches = successful_attaches(lab);
+            assert_eq!(attaches, 1, "round {round}: {attaches} attaches succeeded");
+        }
+    });
+}
+
+#[test]
+fn lab_deleted_policy_rule_breaks_service_without_repair_and_is_repaired_with_it() {
+    with_lab(|lab| {
+        lab.reset();
+        let no_repair = AgentOptions {
+            repair: false,
+            ..AgentOptions::default()
+        };
+        lab.start_pair(&no_repair);
+        let rules = lab.eni_rules(A);
+        assert!(!rules.is_empty(), "node-a installed its rules");
+        for _ in &rules {
+            lab.delete_eni_rule(A);
+        }
+        // Probe for the whole 2 s: stopping the probe at once would take no sample and prove
+        // nothing.
+        let probe = Probe::start(secs(2.0));
+        std::thread::sleep(secs(2.0));
+        let s = probe.finish();
+        assert!(s.samples.len() >= 10, "{} samples", s.samples.len());
+        assert_eq!(
+            s.failed(),
+            s.samples.len(),
+            "without the rule the source/destination check must drop every reply"
+        );
+        lab.signal_agent(A, Signal::SIGTERM);
+        lab.wait_agent(A, secs(10.0));
+        lab.write_config(A, &AgentOptions::default());
+        lab.start_agent(A);
+        lab.wait_for("node-a serving with repair on", secs(15.0), |l| {
+            l.serving(A)
+        });
+        let probe = Probe::start(secs(10.0));
+        std::thread::sleep(secs(0.3));
+        let deleted = Instant::now();
+        assert!(lab.delete_eni_rule(A), "a rule to delete");
+        lab.wait_for("the rule repaired", secs(8.0), |l| {
+            !l.eni_rules(A).is_empty()
+        });
+        std::thread::sleep(secs(0.5));
+        let s = probe.finish();
+        println!(
+            "  repaired in {:?}; {} failed probes",
+            deleted.elapsed(),
+            s.failed()
+        );
+        assert_eq!(s.last(), Some(A.name()));
+    });
+}
+
+#[test]
+fn lab_throttled_attach_during_a_failover_is_retried() {
+    with_lab(|lab| {
+        lab.reset();
+        lab.start_pair(&AgentOptions::default());
+        lab.front.clear_calls();
+        lab.front.inject(
+            Some("AttachNetworkInterface"),
+            support::cloud_front::Fault::Throttle,
+            2,
+        );
+        lab.signal_agent(A, Signal::SIGKILL);
+        lab.wait_for("node-b serving", secs(30.0), |l| {
+            l.holder() == Some(B) && l.serving(B)
+        });
+        let tl = lab
+            .role(B)
+            .and_then(|r| r.last_failover)
+            .expect("a failover timeline");
+        println!("{}", tl.render());
+        let retries = tl
+            .steps
+            .iter()
+            .filter(|s| {
+                s.label
+                    .contains("AttachNetworkInterface failed (throttled)")
+            })
+            .count();
+        assert_eq!(retries, 2, "the timeline shows both retries: {tl:?}");
+        assert_eq!(lab.front.count("AttachNetworkInterface"), 3);
+    });
 }
 
 fn summary(label: &str, v: &mut [Duration]) -> String {
@@ -365,11 +481,6 @@ fn summary(label: &str, v: &mut [Duration]) -> String {
 #[test]
 #[ignore = "measurement: run with --ignored --nocapture"]
 fn measure() {
-    if skip() {
-        return;
-    }
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let profile = Profile::from_env();
     let runs: usize = std::env::var("ENIPEER_LAB_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -385,97 +496,95 @@ fn measure() {
         AgentOptions::default()
     };
     let dead = humantime::parse_duration(o.dead_interval).unwrap_or(secs(1.0));
-    let mut lab = Lab::up(profile, bin());
-    let (mut total, mut detect, mut rest) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..runs {
-        println!("run {}", run + 1);
-        lab.reset();
-        lab.start_pair(&o);
-        if run == 0 {
-            // Idle footprint of both agents, after start-up, before the failure.
-            std::thread::sleep(secs(2.0));
-            for (i, name) in NAMES.iter().enumerate() {
-                let rss = lab
-                    .agent_pid(i)
-                    .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-                    .and_then(|s| {
-                        s.lines()
-                            .find(|l| l.starts_with("VmRSS:"))
-                            .map(|l| l.trim_start_matches("VmRSS:").trim().to_owned())
-                    })
-                    .unwrap_or_default();
-                println!("  idle RSS of {name}: {rss}");
+    with_lab(|lab| {
+        let (mut total, mut detect, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            println!("run {}", run + 1);
+            lab.reset();
+            lab.start_pair(&o);
+            if run == 0 {
+                // Idle footprint of both agents, after start-up, before the failure.
+                std::thread::sleep(secs(2.0));
+                for side in Side::BOTH {
+                    println!("  idle RSS of {}: {}", side.name(), idle_rss(lab, side));
+                }
             }
+            let (out, _) = primary_host_failure(lab, dead);
+            total.push(out.total);
+            detect.push(out.detection);
+            rest.push(out.total.saturating_sub(out.detection));
         }
-        let (out, _) = primary_host_failure(&mut lab, dead);
-        total.push(out.total);
-        detect.push(out.detection);
-        rest.push(out.total.saturating_sub(out.detection));
-    }
-    println!(
-        "profile {}, heartbeat {} / dead {}:\n{}\n{}\n{}",
-        profile.name(),
-        o.interval,
-        o.dead_interval,
-        summary("client-seen outage", &mut total),
-        summary("detection", &mut detect),
-        summary("decision to serving", &mut rest)
-    );
+        println!(
+            "profile {}, heartbeat {} / dead {}:\n{}\n{}\n{}",
+            lab.profile.name(),
+            o.interval,
+            o.dead_interval,
+            summary("client-seen outage", &mut total),
+            summary("detection", &mut detect),
+            summary("decision to serving", &mut rest)
+        );
+    });
+}
+
+/// The agent's resident set size as /proc says it (`VmRSS`), or "" when it is not running.
+fn idle_rss(lab: &Lab, side: Side) -> String {
+    lab.agent_pid(side)
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.trim_start_matches("VmRSS:").trim().to_owned())
+        })
+        .unwrap_or_default()
 }
 
 /// `make demo`: the story of a failover, narrated.
 #[test]
 #[ignore = "the demo: make demo"]
 fn demo() {
-    if skip() {
-        return;
-    }
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let began = Instant::now();
     let say = |s: &str| println!("[{:>5.1}s] {s}", began.elapsed().as_secs_f64());
     say("bringing the lab up: router, cloud (moto + front + IMDS), node-a, node-b, client");
-    let mut lab = Lab::up(Profile::from_env(), bin());
-    lab.reset();
-    say(&format!(
-        "cloud seeded: ENI {} ({}), node-a = {}, node-b = {}",
-        lab.seeded.eni, lab.seeded.mac, lab.seeded.instances[0], lab.seeded.instances[1]
-    ));
-    say("starting enipeer on node-a, then node-b");
-    lab.start_pair(&AgentOptions::default());
-    let who = support::lab::in_ns(support::lab::NS_CLI, || {
-        support::lab::fetch(Duration::from_millis(500))
+    with_lab(|lab| {
+        lab.reset();
+        say(&format!(
+            "cloud seeded: ENI {} ({}), node-a = {}, node-b = {}",
+            lab.seeded.eni, lab.seeded.mac, lab.seeded.a, lab.seeded.b
+        ));
+        say("starting enipeer on node-a, then node-b");
+        lab.start_pair(&AgentOptions::default());
+        let who = lab.client_fetch(Duration::from_millis(500));
+        say(&format!("client -> http://203.0.113.10/ answers: {who:?}"));
+        assert_eq!(who.as_deref(), Some(A.name()));
+        say("node-a dies: its agent and nginx frozen, its primary interface cut");
+        let (outage, _) = primary_host_failure(lab, secs(1.0));
+        say(&format!(
+            "client served by node-b after {:.0} ms ({:.0} ms detection, {:.0} ms takeover)",
+            outage.total.as_secs_f64() * 1e3,
+            outage.detection.as_secs_f64() * 1e3,
+            outage.total.saturating_sub(outage.detection).as_secs_f64() * 1e3
+        ));
+        say("node-a comes back");
+        lab.thaw(A);
+        lab.wait_for("node-a backup", secs(15.0), |l| {
+            l.role(A)
+                .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
+        });
+        for side in Side::BOTH {
+            let out = lab.cli(side, &["role"]);
+            say(&format!("enipeer role on {}:", side.name()));
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+        say("enipeer yield on node-b: hand the address back to node-a");
+        let out = lab.cli(B, &["yield", "--timeout", "15s"]);
+        say(&format!(
+            "yield: {}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+        assert!(out.status.success());
+        lab.wait_for("node-a serving", secs(10.0), |l| l.serving(A));
+        say("client -> node-a again; the lab is torn down when the test binary exits");
     });
-    say(&format!("client -> http://203.0.113.10/ answers: {who:?}"));
-    assert_eq!(who.as_deref(), Some("node-a"));
-    say("node-a dies: its agent and nginx frozen, its primary interface cut");
-    let (outage, _) = primary_host_failure(&mut lab, secs(1.0));
-    say(&format!(
-        "client served by node-b after {:.0} ms ({:.0} ms detection, {:.0} ms takeover)",
-        outage.total.as_secs_f64() * 1e3,
-        outage.detection.as_secs_f64() * 1e3,
-        outage.total.saturating_sub(outage.detection).as_secs_f64() * 1e3
-    ));
-    say("node-a comes back");
-    lab.thaw(0);
-    lab.wait_for("node-a backup", secs(15.0), |l| {
-        l.role(0)
-            .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
-    });
-    for (i, name) in NAMES.iter().enumerate() {
-        let out = lab.cli(i, &["role"]);
-        say(&format!("enipeer role on {name}:"));
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-    }
-    say("enipeer yield on node-b: hand the address back to node-a");
-    let out = lab.cli(1, &["yield", "--timeout", "15s"]);
-    say(&format!(
-        "yield: {}{}",
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    ));
-    assert!(out.status.success());
-    lab.wait_for("node-a serving", secs(10.0), |l| l.serving(0));
-    say("client -> node-a again; tearing the lab down");
-    drop(lab);
     say("done");
 }

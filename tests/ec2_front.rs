@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use enipeer::cloud::{ClaimOutcome, Cloud};
+use enipeer::cloud::{ClaimOutcome, Cloud, CloudErrorKind};
 use support::cloud_front::{CloudFront, Fault};
 use support::*;
 
@@ -225,8 +225,8 @@ async fn a_taken_device_index_is_a_clear_permanent_error() {
     let front = front_for(&moto).await;
     let a = cloud(&front.endpoint_url(), &lab, &lab.a).await;
     let err = a.claim(req(None, false)).await.unwrap_err();
-    assert_eq!(err.kind, "invalid-parameter");
-    assert!(!err.transient);
+    assert_eq!(err.kind, CloudErrorKind::InvalidParameter);
+    assert!(!err.retryable());
     assert!(err.message.contains("device index"), "{err}");
     assert_eq!(
         front.control().count("AttachNetworkInterface"),
@@ -285,8 +285,8 @@ async fn persistent_throttling_fails_with_a_clear_deadline_error() {
     let started = Instant::now();
     let err = a.claim(req(Some(&lab.b), false)).await.unwrap_err();
     let took = started.elapsed();
-    assert_eq!(err.kind, "deadline");
-    assert!(err.transient);
+    assert_eq!(err.kind, CloudErrorKind::Deadline);
+    assert!(err.retryable());
     assert!(err.message.contains("DetachNetworkInterface"), "{err}");
     assert!(err.message.contains("RequestLimitExceeded"), "{err}");
     assert!(
@@ -314,7 +314,7 @@ async fn a_hanging_endpoint_fails_with_a_clear_deadline_error() {
     let started = Instant::now();
     let err = a.describe().await.unwrap_err();
     let took = started.elapsed();
-    assert_eq!(err.kind, "deadline");
+    assert_eq!(err.kind, CloudErrorKind::Deadline);
     assert!(err.message.contains("timeout"), "{err}");
     assert!(
         took < timeout + Duration::from_secs(2),

@@ -1,14 +1,13 @@
 //! The netlink adapter against a real kernel. Needs root: every test builds its own throwaway
-//! network namespaces (`ip netns add enp-t-<pid>-<n>`, deleted by a drop guard), runs the adapter
+//! network namespaces (`enp-t-<pid>-<n>`, tests/support/netns.rs, deleted by a drop guard), runs the adapter
 //! on a thread that entered one of them with setns(2), and checks the result with `ip -j`.
 //! Nothing touches the root namespace. Without root each test prints why and returns.
 
-use std::fs::File;
-use std::future::Future;
+#[path = "support/netns.rs"]
+mod netns;
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +15,13 @@ use enipeer::cloud::{EniInfo, Ipv4Net};
 use enipeer::config::NetworkSettings;
 use enipeer::net::netlink::NetlinkNet;
 use enipeer::net::{HostNet, NetErrorKind, NetEvent, NetPlan};
+use netns::{sh, Netns};
 use serde_json::Value;
 
 const MAC: &str = "02:00:5e:12:01:19";
 
 fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
+    if netns::is_root() {
         true
     } else {
         eprintln!("skipped: needs root to create network namespaces");
@@ -29,137 +29,37 @@ fn is_root() -> bool {
     }
 }
 
-/// A named network namespace that is deleted when dropped.
-struct Ns {
-    name: String,
+/// A throwaway namespace for one test, IPv6 off: link-local addresses come and go with DAD and
+/// link state, and the dumps compared before and after are about the plan's IPv4 state.
+fn new_ns() -> Netns {
+    let ns = Netns::unique("enp-t");
+    ns.exec(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ]);
+    ns
 }
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-impl Ns {
-    fn new() -> Ns {
-        let name = format!(
-            "enp-t-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        // A leftover of a crashed earlier run with the same pid would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Ns { name };
-        // IPv6 link-local addresses come and go with DAD and link state; the dumps compared
-        // before and after are about the plan's IPv4 state, so keep IPv6 out of the picture.
-        ns.exec(&[
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ]);
-        ns
+/// Everything the adapter could have touched, for before/after comparisons.
+fn dumps(ns: &Netns) -> (Value, Value, Value) {
+    let mut addrs = ns.json(&["addr"]);
+    // The kernel attaches a link's default qdisc the first time it goes up and keeps it after
+    // it goes down again: a side effect of `up`, not configuration anyone made.
+    for link in addrs.as_array_mut().unwrap() {
+        link.as_object_mut().unwrap().remove("qdisc");
     }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "-n", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    fn try_ip(&self, args: &[&str]) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut full = vec!["-j"];
-        full.extend_from_slice(args);
-        let out = self.ip(&full);
-        if out.trim().is_empty() {
-            return Value::Array(vec![]);
-        }
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip {full:?}: {e}: {out}"))
-    }
-
-    /// Everything the adapter could have touched, for before/after comparisons.
-    fn dumps(&self) -> (Value, Value, Value) {
-        let mut addrs = self.json(&["addr"]);
-        // The kernel attaches a link's default qdisc the first time it goes up and keeps it
-        // after it goes down again: a side effect of `up`, not configuration anyone made.
-        for link in addrs.as_array_mut().unwrap() {
-            link.as_object_mut().unwrap().remove("qdisc");
-        }
-        (
-            addrs,
-            self.json(&["rule"]),
-            self.json(&["route", "show", "table", "all"]),
-        )
-    }
-
-    fn sysctl(&self, path: &str) -> String {
-        self.exec(&["cat", path]).trim().to_owned()
-    }
+    (
+        addrs,
+        ns.json(&["rule"]),
+        ns.json(&["route", "show", "table", "all"]),
+    )
 }
 
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `f` on a fresh thread inside the namespace `ns`; sockets it opens belong there.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns on this thread only, with a valid namespace fd we own for the call.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
-/// Runs an async body on a current-thread runtime inside `ns`: the adapter's netlink sockets and
-/// its /proc/sys accesses then all happen in that namespace.
-fn block_in<F, Fut, T>(ns: &Ns, f: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-    T: Send + 'static,
-{
-    in_ns(&ns.name, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f())
-    })
+fn sysctl(ns: &Netns, path: &str) -> String {
+    ns.exec(&["cat", path]).trim().to_owned()
 }
 
 fn ip4(s: &str) -> Ipv4Addr {
@@ -198,14 +98,14 @@ fn plan() -> NetPlan {
 
 /// A veth pair in `ns`: `nic0` with the ENI's MAC (down, like a fresh hot-plugged NIC) and its
 /// peer `wire0` up.
-fn add_nic(ns: &Ns) {
+fn add_nic(ns: &Netns) {
     ns.ip(&[
         "link", "add", "nic0", "address", MAC, "type", "veth", "peer", "name", "wire0",
     ]);
     ns.ip(&["link", "set", "wire0", "up"]);
 }
 
-fn inet_addrs(ns: &Ns, dev: &str) -> Vec<String> {
+fn inet_addrs(ns: &Netns, dev: &str) -> Vec<String> {
     let v = ns.json(&["-4", "addr", "show", "dev", dev]);
     // With -4, a link without IPv4 addresses is left out (or has no addr_info) entirely.
     let mut out: Vec<String> = v[0]["addr_info"]
@@ -218,7 +118,7 @@ fn inet_addrs(ns: &Ns, dev: &str) -> Vec<String> {
     out
 }
 
-fn table_rules(ns: &Ns, table: &str) -> Vec<String> {
+fn table_rules(ns: &Netns, table: &str) -> Vec<String> {
     let v = ns.json(&["rule"]);
     let mut out: Vec<String> = v
         .as_array()
@@ -240,7 +140,7 @@ fn table_rules(ns: &Ns, table: &str) -> Vec<String> {
     out
 }
 
-fn table_routes(ns: &Ns, table: &str) -> Vec<String> {
+fn table_routes(ns: &Netns, table: &str) -> Vec<String> {
     let v = ns.json(&["route", "show", "table", table]);
     let mut out: Vec<String> = v
         .as_array()
@@ -261,7 +161,7 @@ fn table_routes(ns: &Ns, table: &str) -> Vec<String> {
     out
 }
 
-fn assert_plan_in_place(ns: &Ns) {
+fn assert_plan_in_place(ns: &Netns) {
     assert_eq!(
         inet_addrs(ns, "eni0"),
         vec!["198.18.1.25/24", "198.18.1.26/32"]
@@ -288,7 +188,7 @@ fn assert_plan_in_place(ns: &Ns) {
         .unwrap()
         .iter()
         .any(|f| f == "UP"));
-    assert_eq!(ns.sysctl("/proc/sys/net/ipv4/conf/eni0/rp_filter"), "2");
+    assert_eq!(sysctl(ns, "/proc/sys/net/ipv4/conf/eni0/rp_filter"), "2");
 }
 
 #[test]
@@ -296,10 +196,10 @@ fn apply_twice_then_remove_restores_everything() {
     if !is_root() {
         return;
     }
-    let ns = Ns::new();
+    let ns = new_ns();
     add_nic(&ns);
 
-    let (first, second) = block_in(&ns, || async {
+    let (first, second) = ns.block_on(|| async {
         let net = NetlinkNet::new(Duration::from_secs(5));
         let plan = plan();
         let first = net.apply(&plan).await.unwrap();
@@ -312,10 +212,10 @@ fn apply_twice_then_remove_restores_everything() {
     );
     assert_eq!(second, Vec::<String>::new(), "second apply changes nothing");
     assert_plan_in_place(&ns);
-    let applied = ns.dumps();
+    let applied = dumps(&ns);
 
     // A fresh adapter (as after a daemon restart) must also see the plan as in place.
-    let again = block_in(&ns, || async {
+    let again = ns.block_on(|| async {
         NetlinkNet::new(Duration::from_secs(5))
             .apply(&plan())
             .await
@@ -323,11 +223,11 @@ fn apply_twice_then_remove_restores_everything() {
             .changed
     });
     assert!(again.is_empty(), "{again:?}");
-    assert_eq!(ns.dumps(), applied, "applying twice equals applying once");
+    assert_eq!(dumps(&ns), applied, "applying twice equals applying once");
 
     // An adapter without memory of the apply (a restarted daemon) still removes every rule,
     // route and address of the plan.
-    let removed = block_in(&ns, || async {
+    let removed = ns.block_on(|| async {
         NetlinkNet::new(Duration::from_secs(5))
             .remove(&plan())
             .await
@@ -350,12 +250,12 @@ fn remove_returns_the_namespace_to_its_state_before_apply() {
     if !is_root() {
         return;
     }
-    let ns = Ns::new();
+    let ns = new_ns();
     add_nic(&ns);
-    let rp_before = ns.sysctl("/proc/sys/net/ipv4/conf/nic0/rp_filter");
+    let rp_before = sysctl(&ns, "/proc/sys/net/ipv4/conf/nic0/rp_filter");
     assert_ne!(rp_before, "2", "the test needs rp_filter to change");
-    let before = ns.dumps();
-    let (applied, removed) = block_in(&ns, || async {
+    let before = dumps(&ns);
+    let (applied, removed) = ns.block_on(|| async {
         let net = NetlinkNet::new(Duration::from_secs(5));
         let plan = plan();
         let applied = net.apply(&plan).await.unwrap();
@@ -368,16 +268,16 @@ fn remove_returns_the_namespace_to_its_state_before_apply() {
         "{removed:?}"
     );
     assert_eq!(
-        ns.dumps(),
+        dumps(&ns),
         before,
         "addresses, rules and routes as before apply"
     );
     assert_eq!(
-        ns.sysctl("/proc/sys/net/ipv4/conf/nic0/rp_filter"),
+        sysctl(&ns, "/proc/sys/net/ipv4/conf/nic0/rp_filter"),
         rp_before
     );
     // Removing again finds nothing to do and still succeeds.
-    let again = block_in(&ns, || async {
+    let again = ns.block_on(|| async {
         NetlinkNet::new(Duration::from_secs(5))
             .remove(&plan())
             .await
@@ -392,14 +292,14 @@ fn hot_plugged_link_is_found_when_it_appears_later() {
     if !is_root() {
         return;
     }
-    let inst = Ns::new();
-    let pool = Ns::new();
+    let inst = new_ns();
+    let pool = new_ns();
     pool.ip(&[
         "link", "add", "nic0", "address", MAC, "type", "veth", "peer", "name", "wire0",
     ]);
-    let inst_name = inst.name.clone();
-    let pool_name = pool.name.clone();
-    let (report, waited) = block_in(&inst, move || async move {
+    let inst_name = inst.name().to_owned();
+    let pool_name = pool.name().to_owned();
+    let (report, waited) = inst.block_on(move || async move {
         let net = NetlinkNet::new(Duration::from_secs(5));
         let plan = plan();
         net.prepare(&plan.mac).await.unwrap();
@@ -435,9 +335,9 @@ fn link_that_never_appears_times_out_naming_the_mac() {
     if !is_root() {
         return;
     }
-    let ns = Ns::new();
+    let ns = new_ns();
     let timeout = Duration::from_millis(300);
-    let (err, took) = block_in(&ns, move || async move {
+    let (err, took) = ns.block_on(move || async move {
         let net = NetlinkNet::new(timeout);
         let plan = plan();
         net.prepare(&plan.mac).await.unwrap();
@@ -456,11 +356,11 @@ fn link_deleted_while_configured_is_reported_and_remove_succeeds() {
     if !is_root() {
         return;
     }
-    let ns = Ns::new();
+    let ns = new_ns();
     add_nic(&ns);
     let before_rules = ns.json(&["rule"]);
-    let name = ns.name.clone();
-    let (event, removed) = block_in(&ns, move || async move {
+    let name = ns.name().to_owned();
+    let (event, removed) = ns.block_on(move || async move {
         let net = NetlinkNet::new(Duration::from_secs(5));
         let plan = plan();
         net.apply(&plan).await.unwrap();
@@ -494,10 +394,10 @@ fn drift_is_reported_and_repaired() {
     if !is_root() {
         return;
     }
-    let ns = Ns::new();
+    let ns = new_ns();
     add_nic(&ns);
-    let name = ns.name.clone();
-    let (event, repaired, clean) = block_in(&ns, move || async move {
+    let name = ns.name().to_owned();
+    let (event, repaired, clean) = ns.block_on(move || async move {
         let net = NetlinkNet::new(Duration::from_secs(5));
         let plan = plan();
         net.apply(&plan).await.unwrap();
@@ -536,8 +436,8 @@ fn drift_is_reported_and_repaired() {
 }
 
 /// One UDP round trip from `client` to `addr:port`; true when the echo came back.
-fn udp_echo_works(client: &Ns, addr: Ipv4Addr, port: u16) -> bool {
-    in_ns(&client.name, move || {
+fn udp_echo_works(client: &Netns, addr: Ipv4Addr, port: u16) -> bool {
+    client.run(move || {
         let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(700)))
             .unwrap();
@@ -552,21 +452,14 @@ fn udp_echo_works(client: &Ns, addr: Ipv4Addr, port: u16) -> bool {
 
 /// An echo server bound to the ENI address inside `ns`, so replies carry that source address.
 fn start_echo(
-    ns: &Ns,
+    ns: &Netns,
     addr: Ipv4Addr,
     port: u16,
 ) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let path = format!("/run/netns/{}", ns.name);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let file = File::open(&path).unwrap();
-        // SAFETY: as in `in_ns`.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+    let handle = ns.spawn(move || {
         let sock = UdpSocket::bind((addr, port)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
@@ -591,9 +484,9 @@ fn replies_from_the_eni_address_leave_via_the_eni_only_with_policy_routing() {
     if !is_root() {
         return;
     }
-    let router = Ns::new();
-    let inst = Ns::new();
-    let client = Ns::new();
+    let router = new_ns();
+    let inst = new_ns();
+    let client = new_ns();
     for (k, v) in [
         ("net.ipv4.ip_forward", "1"),
         ("net.ipv4.conf.all.rp_filter", "1"),
@@ -604,16 +497,35 @@ fn replies_from_the_eni_address_leave_via_the_eni_only_with_policy_routing() {
     // Loose or off on the instance itself, as on EC2; the plan sets the ENI to loose.
     inst.exec(&["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0"]);
 
-    let pair = |a: &Ns, a_if: &str, b: &Ns, b_if: &str| {
+    let pair = |a: &Netns, a_if: &str, b: &Netns, b_if: &str| {
         a.ip(&[
-            "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+            "link",
+            "add",
+            a_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b.name(),
         ]);
     };
     pair(&router, "rmgmt", &inst, "eth0");
     pair(&router, "rcli", &client, "eth0");
     router.ip(&[
-        "link", "add", "reni", "type", "veth", "peer", "name", "nic0", "address", MAC, "netns",
-        &inst.name,
+        "link",
+        "add",
+        "reni",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "nic0",
+        "address",
+        MAC,
+        "netns",
+        inst.name(),
     ]);
     for (dev, addr) in [
         ("rmgmt", "198.18.0.1/24"),
@@ -636,14 +548,13 @@ fn replies_from_the_eni_address_leave_via_the_eni_only_with_policy_routing() {
     client.ip(&["link", "set", "eth0", "up"]);
     client.ip(&["route", "add", "default", "via", "198.18.2.1"]);
 
-    let report = block_in(&inst, || async {
-        NetlinkNet::new(Duration::from_secs(5)).apply(&plan()).await
-    });
+    let report =
+        inst.block_on(|| async { NetlinkNet::new(Duration::from_secs(5)).apply(&plan()).await });
     report.unwrap();
 
     let eni_ip = ip4("198.18.1.25");
     let (stop, server) = start_echo(&inst, eni_ip, 7007);
-    let route_dev = |ns: &Ns| {
+    let route_dev = |ns: &Netns| {
         let v = ns.json(&["route", "get", "198.18.2.2", "from", "198.18.1.25"]);
         v[0]["dev"].as_str().unwrap().to_owned()
     };
@@ -672,7 +583,7 @@ fn replies_from_the_eni_address_leave_via_the_eni_only_with_policy_routing() {
     );
 
     // And reconcile puts it right again.
-    let repaired = block_in(&inst, || async {
+    let repaired = inst.block_on(|| async {
         NetlinkNet::new(Duration::from_secs(5))
             .reconcile(&plan())
             .await
@@ -697,14 +608,14 @@ fn apply_latency_median_of_20() {
     if !is_root() {
         return;
     }
-    let inst = Ns::new();
-    let pool = Ns::new();
+    let inst = new_ns();
+    let pool = new_ns();
     pool.ip(&[
         "link", "add", "nic0", "address", MAC, "type", "veth", "peer", "name", "wire0",
     ]);
-    let inst_name = inst.name.clone();
-    let pool_name = pool.name.clone();
-    let mut took: Vec<f64> = block_in(&inst, move || async move {
+    let inst_name = inst.name().to_owned();
+    let pool_name = pool.name().to_owned();
+    let mut took: Vec<f64> = inst.block_on(move || async move {
         let net = NetlinkNet::new(Duration::from_secs(5));
         let plan = plan();
         let mut took = Vec::new();

@@ -7,17 +7,17 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use super::claim::{self, Context, Limits, Primitives};
 use super::{
-    AttachState, Attachment, ClaimOutcome, ClaimRequest, Cloud, CloudError, EniInfo, Identity,
-    Ipv4Net, ReleaseOutcome,
+    AttachState, Attachment, ClaimOutcome, ClaimRequest, Cloud, CloudError, CloudErrorKind,
+    EniInfo, Identity, Ipv4Net, ReleaseOutcome,
 };
 use crate::ids::{EniId, InstanceId};
-use crate::timeline::Step;
 
 /// The shared state, as stored in the file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,6 +72,15 @@ impl FakeState {
     }
 }
 
+/// The fake answers at once, so its procedures never come near a deadline; this only bounds a
+/// bug.
+const FAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The id of the current attachment: it changes with every attach.
+fn attachment_id_of(s: &FakeState) -> String {
+    format!("eni-attach-{:08x}", s.next_attachment)
+}
+
 pub struct FileCloud {
     path: PathBuf,
     instance: InstanceId,
@@ -93,7 +102,10 @@ impl FileCloud {
         f: impl FnOnce(&mut FakeState) -> Result<T, CloudError>,
     ) -> Result<T, CloudError> {
         let io = |e: std::io::Error| {
-            CloudError::transient("fake-io", format!("{}: {e}", self.path.display()))
+            CloudError::new(
+                CloudErrorKind::FakeIo,
+                format!("{}: {e}", self.path.display()),
+            )
         };
         let mut file: File = OpenOptions::new()
             .read(true)
@@ -104,16 +116,16 @@ impl FileCloud {
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io)?;
         let mut state: FakeState = serde_json::from_str(&text)
-            .map_err(|e| CloudError::permanent("fake-corrupt", e.to_string()))?;
+            .map_err(|e| CloudError::new(CloudErrorKind::FakeCorrupt, e.to_string()))?;
         if state.eni_id != self.eni.as_str() {
-            return Err(CloudError::permanent(
-                "not-found",
+            return Err(CloudError::new(
+                CloudErrorKind::NotFound,
                 format!("InvalidNetworkInterfaceID.NotFound: {}", self.eni),
             ));
         }
         let out = f(&mut state);
         let text = serde_json::to_string_pretty(&state)
-            .map_err(|e| CloudError::permanent("fake-corrupt", e.to_string()))?;
+            .map_err(|e| CloudError::new(CloudErrorKind::FakeCorrupt, e.to_string()))?;
         file.set_len(0).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(text.as_bytes()).map_err(io)?;
@@ -124,7 +136,7 @@ impl FileCloud {
         let attachment = s.attached_to.as_ref().and_then(|(i, idx)| {
             Some(Attachment {
                 instance_id: i.parse().ok()?,
-                attachment_id: format!("eni-attach-{:08x}", s.next_attachment),
+                attachment_id: attachment_id_of(s),
                 device_index: *idx,
                 state: AttachState::Attached,
                 delete_on_termination: false,
@@ -163,6 +175,9 @@ impl FileCloud {
 impl Cloud for FileCloud {
     fn identity(&self) -> BoxFuture<'_, Result<Identity, CloudError>> {
         Box::pin(async move {
+            // Like instance metadata early in a boot, the fake cloud can be unreachable: a
+            // missing state file fails here, retryably.
+            self.with_state(|_| Ok(()))?;
             Ok(Identity {
                 instance_id: self.instance.clone(),
                 region: Some("lab-1".into()),
@@ -176,70 +191,94 @@ impl Cloud for FileCloud {
     }
 
     fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, Result<ClaimOutcome, CloudError>> {
+        Box::pin(claim::run_claim(self, req))
+    }
+
+    fn release(&self) -> BoxFuture<'_, Result<ReleaseOutcome, CloudError>> {
+        Box::pin(claim::run_release(self))
+    }
+}
+
+/// The primitives, each one locked read-modify-write of the state file. Attach and detach take
+/// effect at once (the fake has no `attaching`/`detaching` phase), but AWS's rules hold: an ENI
+/// in use cannot be attached again, device index 0 is the primary interface, and a detach names
+/// the current attachment or fails as not found.
+impl Primitives for FileCloud {
+    fn context(&self) -> Context {
+        Context {
+            me: self.instance.clone(),
+            eni: self.eni.clone(),
+            limits: Limits {
+                deadline: FAKE_DEADLINE,
+                force_detach_grace: FAKE_DEADLINE,
+                poll_jitter: || 1.0,
+            },
+        }
+    }
+
+    fn describe_eni(&self, _deadline: Instant) -> BoxFuture<'_, Result<EniInfo, CloudError>> {
+        Box::pin(async move { self.with_state(|s| Ok(self.info(s))) })
+    }
+
+    fn attach(
+        &self,
+        device_index: u32,
+        _deadline: Instant,
+    ) -> BoxFuture<'_, Result<(), CloudError>> {
         Box::pin(async move {
             self.with_state(|s| {
-                let mut steps = Vec::new();
-                let me = self.instance.as_str();
-                match s.attached_to.clone() {
-                    Some((holder, _)) if holder == me => {
-                        return Ok(ClaimOutcome::Claimed {
-                            info: self.info(s),
-                            already_mine: true,
-                            steps,
-                        })
-                    }
-                    Some((holder, _))
-                        if req.expected_holder.as_ref().map(InstanceId::as_str)
-                            == Some(holder.as_str()) =>
-                    {
-                        steps.push(Step::now("detach requested"));
-                        let action = if req.force { "detach-force" } else { "detach" };
-                        self.record(s, action, "ok");
-                        s.attached_to = None;
-                        steps.push(Step::now("detached"));
-                    }
-                    Some((holder, _)) => {
-                        let holder = holder.parse().map_err(|e: crate::ids::IdError| {
-                            CloudError::permanent("fake-corrupt", e.to_string())
-                        })?;
-                        self.record(s, "attach", "InvalidNetworkInterface.InUse");
-                        return Ok(ClaimOutcome::HeldBy { holder, steps });
-                    }
-                    None => {}
+                if s.attached_to.is_some() {
+                    self.record(s, "attach", "InvalidNetworkInterface.InUse");
+                    return Err(CloudError::new(
+                        CloudErrorKind::InUse,
+                        format!("Interface: [{}] in use.", self.eni),
+                    ));
                 }
-                steps.push(Step::now("attach requested"));
+                if device_index == 0 {
+                    self.record(s, "attach", "InvalidParameterValue");
+                    return Err(CloudError::new(
+                        CloudErrorKind::InvalidParameter,
+                        "device index 0 is the primary interface",
+                    ));
+                }
                 self.record(s, "attach", "ok");
-                s.attached_to = Some((me.to_string(), req.device_index));
+                s.attached_to = Some((self.instance.to_string(), device_index));
                 s.next_attachment += 1;
-                steps.push(Step::now("attached"));
-                Ok(ClaimOutcome::Claimed {
-                    info: self.info(s),
-                    already_mine: false,
-                    steps,
-                })
+                Ok(())
             })
         })
     }
 
-    fn release(&self) -> BoxFuture<'_, Result<ReleaseOutcome, CloudError>> {
+    fn detach<'a>(
+        &'a self,
+        attachment_id: &'a str,
+        force: bool,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
         Box::pin(async move {
-            self.with_state(|s| match &s.attached_to {
-                Some((holder, _)) if holder == self.instance.as_str() => {
-                    let mut steps = vec![Step::now("detach requested")];
-                    self.record(s, "detach", "ok");
-                    s.attached_to = None;
-                    steps.push(Step::now("detached"));
-                    Ok(ReleaseOutcome {
-                        detached: true,
-                        steps,
-                    })
+            self.with_state(|s| {
+                let action = if force { "detach-force" } else { "detach" };
+                if s.attached_to.is_none() || attachment_id != attachment_id_of(s) {
+                    self.record(s, action, "InvalidAttachmentID.NotFound");
+                    return Err(CloudError::new(
+                        CloudErrorKind::NotFound,
+                        format!("InvalidAttachmentID.NotFound: {attachment_id}"),
+                    ));
                 }
-                _ => Ok(ReleaseOutcome {
-                    detached: false,
-                    steps: Vec::new(),
-                }),
+                self.record(s, action, "ok");
+                s.attached_to = None;
+                Ok(())
             })
         })
+    }
+
+    fn keep_on_termination<'a>(
+        &'a self,
+        _attachment_id: &'a str,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
+        // The fake never sets delete-on-termination, so the procedure never asks.
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -253,6 +292,7 @@ mod tests {
 
     fn block<T>(f: impl std::future::Future<Output = T>) -> T {
         tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap()
             .block_on(f)
@@ -277,7 +317,7 @@ mod tests {
             device_index: 1,
         };
         block(async {
-            // c expects nobody: a holds it, so c must not detach a.
+            // c expects nobody: a holds it, so c must not detach a (nor try to attach).
             match cc.claim(req(None)).await.unwrap() {
                 ClaimOutcome::HeldBy { holder, .. } => assert_eq!(holder, a),
                 other => panic!("{other:?}"),
@@ -311,12 +351,7 @@ mod tests {
             .collect();
         assert_eq!(
             actions,
-            [
-                ("attach", "InvalidNetworkInterface.InUse"),
-                ("detach-force", "ok"),
-                ("attach", "ok"),
-                ("detach", "ok")
-            ]
+            [("detach-force", "ok"), ("attach", "ok"), ("detach", "ok")]
         );
     }
 }

@@ -2,10 +2,16 @@
 //! single source of truth for ownership; everything here reports what the cloud says, never what
 //! this node remembers.
 //!
-//! [`Cloud`] is the seam: the EC2 adapter implements it for real, [`fake`] for tests.
+//! [`Cloud`] is the seam the daemon uses. Underneath, the claim and release procedures are written
+//! once, in [`claim`], against the primitive calls ([`claim::Primitives`]) that the EC2 adapter
+//! implements for real, [`fake`] for tests, and the simulation for its model cloud.
 
+pub mod claim;
 pub mod ec2;
+mod error;
 pub mod fake;
+
+pub use error::{CloudError, CloudErrorKind};
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -103,35 +109,6 @@ pub struct ReleaseOutcome {
     /// False when it was not attached here in the first place.
     pub detached: bool,
     pub steps: Vec<Step>,
-}
-
-/// A cloud error with a short machine label and whether retrying later could help.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}: {message}")]
-pub struct CloudError {
-    pub kind: &'static str,
-    pub message: String,
-    /// Retrying later may help (throttling, timeouts, 5xx). Permanent errors (NotFound,
-    /// Unauthorized) put the node in fault.
-    pub transient: bool,
-}
-
-impl CloudError {
-    pub fn transient(kind: &'static str, message: impl Into<String>) -> Self {
-        CloudError {
-            kind,
-            message: message.into(),
-            transient: true,
-        }
-    }
-
-    pub fn permanent(kind: &'static str, message: impl Into<String>) -> Self {
-        CloudError {
-            kind,
-            message: message.into(),
-            transient: false,
-        }
-    }
 }
 
 /// The operations the daemon needs from the cloud. Implementations bound every call by their own

@@ -21,6 +21,13 @@ fn sample_report() -> RoleReport {
         hold_down_ms_left: None,
         last_failover: None,
         rejected: vec![("bad_mac".into(), 3)],
+        health: crate::report::HealthReport {
+            healthy: false,
+            detail: "http-80: connection refused".into(),
+            degraded: true,
+            corroborated: true,
+            ..Default::default()
+        },
     }
 }
 

@@ -17,12 +17,14 @@ impl Node {
         self.holder = HolderBelief::Instance(self.cfg.instance_id.clone());
         self.claim_backoff.reset();
         self.cloud.next = now + self.cfg.verify_interval;
-        self.transition(State::Master(Master::new()), reason.clone(), now, out);
+        let master = Master {
+            // The on-master hook waits for the host network: a service that binds to the ENI's
+            // address (the reason to restart it) fails while the address is not there yet.
+            pending_hook: Some(reason.clone()),
+            ..Master::new()
+        };
+        self.transition(State::Master(master), reason, now, out);
         out.push(Action::ApplyNet);
-        out.push(Action::RunHooks {
-            kind: HookKind::Master,
-            reason,
-        });
     }
 
     /// Lost the ENI while master: stop serving now, hold off from claiming it back.
@@ -125,6 +127,12 @@ impl Node {
         let e = match r {
             Ok(()) => {
                 m.net = NetPhase::Ready;
+                if let Some(reason) = m.pending_hook.take() {
+                    out.push(Action::RunHooks {
+                        kind: HookKind::Master,
+                        reason,
+                    });
+                }
                 return;
             }
             Err(e) => e,

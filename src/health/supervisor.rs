@@ -62,7 +62,7 @@ pub struct Supervisor {
     /// The definition the corroborating probe uses, with its cadence and timeout adapted.
     through_eni: Option<CheckSettings>,
     through_eni_handle: Option<CheckHandle>,
-    primary: IpAddr,
+    primary: Option<IpAddr>,
     eni: Option<IpAddr>,
     master: bool,
     healthy: bool,
@@ -71,10 +71,11 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts the checks that need no ENI address. `primary` is this node's own address (the
-    /// heartbeat bind address), the source of the corroborating probe.
+    /// heartbeat bind address), the source of the corroborating probe; `None` lets the kernel
+    /// choose.
     pub fn new(
         checks: &[CheckSettings],
-        primary: IpAddr,
+        primary: Option<IpAddr>,
         heartbeat_interval: Duration,
         reports: mpsc::Sender<CheckReport>,
     ) -> Self {
@@ -118,7 +119,10 @@ impl Supervisor {
         }
         self.start_own();
         if let Some(c) = &self.through_eni {
-            let target = ProbeTarget::through_eni(eni, self.primary);
+            let target = ProbeTarget {
+                ip: eni,
+                source: self.primary,
+            };
             let handle = spawn(THROUGH_ENI, c.clone(), target, self.reports.clone());
             self.through_eni_handle = Some(handle);
         }
@@ -135,7 +139,9 @@ impl Supervisor {
                 (Some(CheckHost::EniAddress), None) => continue,
                 // Exec probes are told the ENI's address when it is known.
                 (None, eni) => ProbeTarget {
-                    ip: eni.unwrap_or(self.primary),
+                    ip: eni
+                        .or(self.primary)
+                        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
                     source: None,
                 },
             };
@@ -277,7 +283,7 @@ mod tests {
 
     fn supervisor(checks: &[CheckSettings]) -> Supervisor {
         let (tx, _rx) = mpsc::channel(8);
-        Supervisor::new(checks, LOOPBACK, Duration::from_millis(200), tx)
+        Supervisor::new(checks, Some(LOOPBACK), Duration::from_millis(200), tx)
     }
 
     #[tokio::test]

@@ -12,10 +12,14 @@
 //!  EIP 203.0.113.10 -> 198.18.1.25 (the ENI's primary private IP), nftables DNAT in the router
 //! ```
 //!
-//! Nothing touches the root namespace: every link lives in a namespace the lab creates, and
-//! every address is from 198.18.0.0/15 or 203.0.113.0/24. A new lab first removes a previous
-//! run's namespaces (and the processes in them) by their exact names; dropping the lab tears
-//! everything down, also when a test panics.
+//! Nothing touches the root namespace: every link lives in a namespace the lab creates
+//! ([`Netns`], tests/support/netns.rs), and every address is from 198.18.0.0/15 or
+//! 203.0.113.0/24. A new lab first removes a previous run's namespaces (and the processes in
+//! them) by their exact names; dropping the lab tears everything down, also when a test panics.
+//!
+//! The two nodes are [`Side::A`] (node-a) and [`Side::B`] (node-b). Their agent configuration is
+//! the shipped example `conf/enipeer.toml` with only the lab's addresses, ids, paths and timings
+//! overridden ([`agent_config`]).
 //!
 //! The cloud front, the IMDS responders and moto run in the cloud namespace: a thread of this
 //! process enters it (setns) and runs them on its own runtime. Hot-plug: the front reports each
@@ -25,35 +29,59 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::sys::signal::Signal;
+
+use super::agent_config::AgentConfig;
 use super::cloud_front::{Change, CloudFront, FrontControl};
-use super::{imds, sdk_client, seed, Moto, ENI_IP, ENI_SECONDARY_IP};
+use super::netns::{self, link_by_mac, sh, sh_quiet, Netns};
+use super::{imds, sdk_client, seed, Moto, Seeded, Side, ENI_IP, ENI_SECONDARY_IP};
 
 pub const NS_RT: &str = "enpl-rt";
 pub const NS_CLOUD: &str = "enpl-cloud";
 pub const NS_CLI: &str = "enpl-cli";
 pub const NS_POOL: &str = "enpl-pool";
-pub const NS_NODES: [&str; 2] = ["enpl-a", "enpl-b"];
-const ALL_NS: [&str; 6] = [NS_RT, NS_CLOUD, "enpl-a", "enpl-b", NS_CLI, NS_POOL];
 pub const EIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const CLOUD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const FRONT_PORT: u16 = 4566;
-const IMDS_PORTS: [u16; 2] = [8011, 8012];
-const NODE_IPS: [&str; 2] = ["198.18.0.11", "198.18.0.12"];
-pub const NAMES: [&str; 2] = ["node-a", "node-b"];
 const STATE_DIR: &str = "/run/enipeer-lab";
 const ENI_LINK: &str = "eni1";
 /// A lab run's logs are copied here at teardown, for the operator to read after a failure.
 pub const LOG_DIR: &str = "/tmp/enipeer-lab-logs";
+
+/// Where each side lives in the lab.
+impl Side {
+    /// The node's namespace: the instance.
+    pub fn ns(self) -> &'static str {
+        self.pick(["enpl-a", "enpl-b"])
+    }
+
+    /// The instance's primary address, on the management bridge.
+    pub fn node_ip(self) -> &'static str {
+        self.pick(["198.18.0.11", "198.18.0.12"])
+    }
+
+    /// The router's end of the instance's primary interface: down means the host is cut off.
+    fn mgmt_port(self) -> &'static str {
+        self.pick(["m-a", "m-b"])
+    }
+
+    /// The instance's own IMDS responder, in the cloud namespace.
+    fn imds_port(self) -> u16 {
+        self.pick([8011, 8012])
+    }
+
+    fn index(self) -> usize {
+        self.pick([0, 1])
+    }
+}
 
 /// How fast the emulated cloud is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +134,7 @@ impl Profile {
     }
 }
 
-/// Per-node agent settings that scenarios change.
+/// Per-node agent settings that scenarios change (the rest is the shipped example's).
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub interval: &'static str,
@@ -126,132 +154,17 @@ impl Default for AgentOptions {
     }
 }
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Runs a command, failing loudly with its output.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command whose failure is expected at times (cleanup).
-fn sh_quiet(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn ip(ns: &str, args: &[&str]) -> String {
     let mut v = vec!["ip", "-n", ns];
     v.extend_from_slice(args);
     sh(&v)
 }
 
-fn ns_exists(ns: &str) -> bool {
-    Path::new("/run/netns").join(ns).exists()
-}
-
-/// Pids of the processes in a lab namespace.
-pub fn ns_pids(ns: &str) -> Vec<i32> {
-    if !ns_exists(ns) {
-        return Vec::new();
-    }
-    Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn signal_ns(ns: &str, sig: nix::sys::signal::Signal) {
-    for pid in ns_pids(ns) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-    }
-}
-
-/// Removes the lab's namespaces and everything running in them, by their exact names.
-pub fn remove_leftovers() {
-    for ns in ALL_NS {
-        if ns_exists(ns) {
-            signal_ns(ns, nix::sys::signal::Signal::SIGCONT);
-            signal_ns(ns, nix::sys::signal::Signal::SIGKILL);
-            sh_quiet(&["ip", "netns", "del", ns]);
-        }
-    }
-    let _ = std::fs::remove_dir_all(STATE_DIR);
-}
-
-/// Runs `f` on a thread that has entered namespace `ns`: sockets it opens live there.
-pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = Path::new("/run/netns").join(ns);
-    std::thread::spawn(move || {
-        enter_ns(&path);
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
-fn enter_ns(path: &Path) {
-    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    // SAFETY: setns on a valid namespace fd affects only the calling thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "setns {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
-/// The MAC-addressed ENI link's name in `ns`, if it is there.
-fn link_by_mac(ns: &str, mac: &str) -> Option<String> {
-    if !ns_exists(ns) {
-        return None;
-    }
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "link", "show"])
-        .output()
-        .ok()?;
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    links.as_array()?.iter().find_map(|l| {
-        (l.get("address")?.as_str()? == mac)
-            .then(|| l.get("ifname")?.as_str().map(str::to_owned))?
-    })
-}
-
 // ---------- the cloud namespace ----------
 
 enum Cmd {
-    Reseed(mpsc::Sender<Result<Seeded, String>>),
+    Reseed(mpsc::Sender<Seeded>),
     Holder(String, mpsc::Sender<Result<Option<String>, String>>),
-}
-
-#[derive(Debug, Clone)]
-pub struct Seeded {
-    pub eni: String,
-    pub instances: [String; 2],
-    pub mac: String,
 }
 
 struct CloudThread {
@@ -260,13 +173,12 @@ struct CloudThread {
 }
 
 impl CloudThread {
-    /// Starts moto, the front and the IMDS responders inside the cloud namespace.
+    /// Starts moto, the front and the IMDS responders inside the cloud namespace and seeds the
+    /// cloud once (which also warms moto: its first EC2 call is slow).
     fn start(ids: [Arc<Mutex<String>>; 2]) -> (CloudThread, FrontControl, Seeded) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        let path = Path::new("/run/netns").join(NS_CLOUD);
-        let thread = std::thread::spawn(move || {
-            enter_ns(&path);
+        let thread = netns::spawn_in(NS_CLOUD, move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -277,38 +189,26 @@ impl CloudThread {
                 let front = CloudFront::start(SocketAddr::from((CLOUD_IP, FRONT_PORT)), moto.addr)
                     .await
                     .expect("cloud front");
-                for (i, port) in IMDS_PORTS.iter().enumerate() {
-                    let l = tokio::net::TcpListener::bind((CLOUD_IP, *port))
+                for side in Side::BOTH {
+                    let l = tokio::net::TcpListener::bind((CLOUD_IP, side.imds_port()))
                         .await
                         .expect("imds listener");
                     tokio::spawn(imds::serve(
                         l,
-                        ids[i].clone(),
+                        ids[side.index()].clone(),
                         Arc::new(AtomicUsize::new(0)),
                     ));
                 }
                 let ec2 = sdk_client(&moto.endpoint_url()).await;
-                let first = reseed(&ec2, moto, false).await;
-                let _ = ready_tx.send((front.control(), first));
+                let _ = ready_tx.send((front.control(), seed(&ec2).await));
                 while let Some(cmd) = rx.recv().await {
                     match cmd {
                         Cmd::Reseed(reply) => {
-                            let _ = reply.send(Ok(reseed(&ec2, moto, true).await));
+                            moto.reset();
+                            let _ = reply.send(seed(&ec2).await);
                         }
                         Cmd::Holder(eni, reply) => {
-                            let r = ec2
-                                .describe_network_interfaces()
-                                .network_interface_ids(eni)
-                                .send()
-                                .await
-                                .map_err(|e| format!("{e:?}"))
-                                .map(|out| {
-                                    out.network_interfaces()
-                                        .iter()
-                                        .filter_map(|n| n.attachment())
-                                        .find_map(|a| a.instance_id().map(str::to_owned))
-                                });
-                            let _ = reply.send(r);
+                            let _ = reply.send(holder_of(&ec2, eni).await);
                         }
                     }
                 }
@@ -336,6 +236,21 @@ impl CloudThread {
     }
 }
 
+/// The instance the ENI is attached to, as moto says (not through the front).
+async fn holder_of(ec2: &aws_sdk_ec2::Client, eni: String) -> Result<Option<String>, String> {
+    ec2.describe_network_interfaces()
+        .network_interface_ids(eni)
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))
+        .map(|out| {
+            out.network_interfaces()
+                .iter()
+                .filter_map(|n| n.attachment())
+                .find_map(|a| a.instance_id().map(str::to_owned))
+        })
+}
+
 impl Drop for CloudThread {
     fn drop(&mut self) {
         // Closing the channel ends the command loop, which drops the front and moto.
@@ -344,36 +259,6 @@ impl Drop for CloudThread {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Resets moto (cheap, unlike a restart) and seeds it: VPC, subnet, two instances, the ENI.
-async fn reseed(ec2: &aws_sdk_ec2::Client, moto: &Moto, reset: bool) -> Seeded {
-    if reset {
-        let mut s = TcpStream::connect(moto.addr).expect("moto");
-        s.write_all(
-            b"POST /moto-api/reset HTTP/1.1\r\nHost: moto\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        )
-        .expect("reset");
-        let mut buf = String::new();
-        let _ = s.read_to_string(&mut buf);
-        assert!(buf.starts_with("HTTP/1.1 200"), "moto reset: {buf}");
-    }
-    let lab = seed(ec2).await;
-    let mac = ec2
-        .describe_network_interfaces()
-        .network_interface_ids(lab.eni.as_str())
-        .send()
-        .await
-        .expect("describe the ENI")
-        .network_interfaces()
-        .first()
-        .and_then(|n| n.mac_address().map(str::to_owned))
-        .expect("ENI MAC");
-    Seeded {
-        eni: lab.eni.to_string(),
-        instances: [lab.a.to_string(), lab.b.to_string()],
-        mac,
     }
 }
 
@@ -431,9 +316,9 @@ impl HotPlug {
 
 // ---------- the lab ----------
 
+/// One instance of the lab: its files and processes (its namespace is `side.ns()`).
 pub struct Node {
-    pub name: &'static str,
-    pub ns: &'static str,
+    pub side: Side,
     pub config: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
@@ -442,22 +327,101 @@ pub struct Node {
     nginx: Option<Child>,
 }
 
+impl Node {
+    fn new(side: Side, dir: &Path) -> Node {
+        let name = side.name();
+        Node {
+            side,
+            config: dir.join(format!("{name}.toml")),
+            socket: socket_path(side, dir),
+            log: dir.join(format!("{name}.log")),
+            nginx_conf: nginx_conf_path(side, dir),
+            agent: None,
+            nginx: None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.side.name()
+    }
+
+    pub fn ns(&self) -> &'static str {
+        self.side.ns()
+    }
+}
+
+fn socket_path(side: Side, dir: &Path) -> PathBuf {
+    dir.join(format!("{}.sock", side.name()))
+}
+
+fn nginx_conf_path(side: Side, dir: &Path) -> PathBuf {
+    dir.join(format!("nginx-{}.conf", side.name()))
+}
+
+/// The agent configuration of `side` in a lab whose files are in `dir`: the shipped example
+/// with only the lab's addresses, ids, paths and timings overridden. Everything else (priority,
+/// ports, tables, stop mode, timeouts the lab does not shorten) is the example's.
+pub fn agent_config(side: Side, eni: &str, o: &AgentOptions, dir: &Path) -> String {
+    let peer = side.peer();
+    let path = |p: PathBuf| p.display().to_string();
+    let nginx = path(nginx_conf_path(side, dir));
+    let mut c = AgentConfig::example();
+    c.set("node", "name", side.name())
+        .single_peer(peer.name(), &[peer.node_ip()])
+        .set("group", "eni", eni)
+        .set("group", "hold-down", o.hold_down)
+        .set("heartbeat", "bind", side.node_ip())
+        .set("heartbeat", "interval", o.interval)
+        .set("heartbeat", "dead-interval", o.dead_interval)
+        .set("auth", "key-file", path(dir.join("peer.key")))
+        // No instance metadata for the Region, and the cloud is the lab's front.
+        .set("aws", "region", super::REGION)
+        .set(
+            "aws",
+            "endpoint-url",
+            format!("http://{CLOUD_IP}:{FRONT_PORT}"),
+        )
+        // Scenarios wait for a lost ENI and for drift to be noticed: shorter than production.
+        .set("aws", "verify-interval", "2s")
+        .set("network", "repair", o.repair)
+        .set("network", "reconcile-interval", "5s")
+        .set("hooks", "timeout", "10s")
+        // The lab's nginx runs with its own config file (and there is no systemd).
+        .set(
+            "hooks",
+            "on-master",
+            vec![vec![
+                "/usr/sbin/nginx",
+                "-c",
+                nginx.as_str(),
+                "-s",
+                "reload",
+            ]],
+        )
+        .set("control", "socket", path(socket_path(side, dir)))
+        .set("stop", "restart-grace", "10s");
+    c.render()
+}
+
 pub struct Lab {
     pub profile: Profile,
     pub bin: PathBuf,
-    pub nodes: [Node; 2],
+    nodes: [Node; 2],
     pub front: FrontControl,
     pub seeded: Seeded,
+    /// The instance id each side's IMDS responder answers, updated on reseed.
     ids: [Arc<Mutex<String>>; 2],
     cloud: Option<CloudThread>,
     hotplug: Arc<HotPlug>,
     dir: PathBuf,
+    /// Deleted last, in [`Drop`], after every process in them was stopped.
+    spaces: Vec<Netns>,
 }
 
 impl Lab {
     /// Checks what the lab needs, with the fix for what is missing.
     pub fn preflight() -> Result<(), String> {
-        if !is_root() {
+        if !netns::is_root() {
             return Err("the lab needs root (network namespaces)".into());
         }
         for tool in ["ip", "nft", "nginx"] {
@@ -477,10 +441,10 @@ impl Lab {
         if let Err(e) = Self::preflight() {
             panic!("{e}");
         }
-        remove_leftovers();
         let dir = PathBuf::from(STATE_DIR);
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("lab state dir");
-        build_topology();
+        let spaces = build_topology(&dir);
         let ids = [
             Arc::new(Mutex::new(String::new())),
             Arc::new(Mutex::new(String::new())),
@@ -505,47 +469,44 @@ impl Lab {
         )
         .expect("key");
         sh(&["chmod", "600", key.to_str().expect("utf-8")]);
-        let nodes = [0, 1].map(|i| {
-            let name = NAMES[i];
-            let ns = NS_NODES[i];
-            Node {
-                name,
-                ns,
-                config: dir.join(format!("{name}.toml")),
-                socket: dir.join(format!("{name}.sock")),
-                log: dir.join(format!("{name}.log")),
-                nginx_conf: dir.join(format!("nginx-{name}.conf")),
-                agent: None,
-                nginx: None,
-            }
-        });
         let mut lab = Lab {
             profile,
             bin,
-            nodes,
+            nodes: Side::BOTH.map(|s| Node::new(s, &dir)),
             front,
             seeded: seeded.clone(),
             ids,
             cloud: Some(cloud),
             hotplug,
             dir,
+            spaces,
         };
         lab.apply_seed(seeded);
-        for i in 0..2 {
-            lab.start_nginx(i);
+        for side in Side::BOTH {
+            lab.start_nginx(side);
         }
         lab
     }
 
+    pub fn node(&self, side: Side) -> &Node {
+        &self.nodes[side.index()]
+    }
+
+    fn node_mut(&mut self, side: Side) -> &mut Node {
+        &mut self.nodes[side.index()]
+    }
+
     fn apply_seed(&mut self, s: Seeded) {
-        for i in 0..2 {
-            *self.ids[i].lock().unwrap_or_else(|e| e.into_inner()) = s.instances[i].clone();
+        for side in Side::BOTH {
+            *self.ids[side.index()]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = s.instance(side).to_string();
         }
         {
             let mut m = self.hotplug.ns_of.lock().unwrap_or_else(|e| e.into_inner());
             m.clear();
-            for (id, ns) in s.instances.iter().zip(NS_NODES) {
-                m.insert(id.clone(), ns);
+            for side in Side::BOTH {
+                m.insert(s.instance(side).to_string(), side.ns());
             }
         }
         *self.hotplug.mac.lock().unwrap_or_else(|e| e.into_inner()) = s.mac.clone();
@@ -554,7 +515,7 @@ impl Lab {
         ip(NS_POOL, &["link", "set", &dev, "down"]);
         ip(NS_POOL, &["link", "set", &dev, "address", &s.mac]);
         ip(NS_POOL, &["link", "set", &dev, "name", ENI_LINK]);
-        ip(NS_POOL, &["link", "set", ENI_LINK, "alias", &s.eni]);
+        ip(NS_POOL, &["link", "set", ENI_LINK, "alias", s.eni.as_str()]);
         // The VPC fabric knows where an ENI's addresses live: no ARP after a move.
         for a in [ENI_IP, ENI_SECONDARY_IP] {
             ip(
@@ -583,10 +544,10 @@ impl Lab {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        for ns in NS_NODES {
+        for side in Side::BOTH {
             for mac in [old.as_str(), self.seeded.mac.as_str()] {
-                if let Some(dev) = link_by_mac(ns, mac) {
-                    ip(ns, &["link", "set", &dev, "netns", NS_POOL]);
+                if let Some(dev) = link_by_mac(side.ns(), mac) {
+                    ip(side.ns(), &["link", "set", &dev, "netns", NS_POOL]);
                 }
             }
         }
@@ -601,140 +562,77 @@ impl Lab {
     /// Back to a clean start between scenarios: agents stopped, ENI detached and parked, stale
     /// rules flushed, the cloud reset and reseeded (new ids), no faults, no partition.
     pub fn reset(&mut self) {
-        for i in 0..2 {
-            self.kill_agent(i);
-            self.thaw(i);
+        for side in Side::BOTH {
+            self.kill_agent(side);
+            self.thaw(side);
         }
         self.heal_partition();
         self.front.clear_faults();
         self.front.clear_calls();
-        for ns in NS_NODES {
-            flush_eni_rules(ns);
+        for side in Side::BOTH {
+            flush_eni_rules(side.ns());
         }
-        let seeded = self
-            .cloud
-            .as_ref()
-            .expect("cloud")
-            .call(Cmd::Reseed)
-            .expect("reseed");
+        let seeded = self.cloud.as_ref().expect("cloud").call(Cmd::Reseed);
         self.apply_seed(seeded);
-        for i in 0..2 {
-            let _ = std::fs::remove_file(&self.nodes[i].socket);
-            if self.nodes[i]
+        for side in Side::BOTH {
+            let _ = std::fs::remove_file(&self.node(side).socket);
+            if self
+                .node_mut(side)
                 .nginx
                 .as_mut()
                 .is_none_or(|c| c.try_wait().ok().flatten().is_some())
             {
-                self.start_nginx(i);
+                self.start_nginx(side);
             }
         }
     }
 
-    fn start_nginx(&mut self, i: usize) {
-        let n = &self.nodes[i];
+    fn start_nginx(&mut self, side: Side) {
+        let n = self.node(side);
         let conf = format!(
             "daemon off;\nmaster_process on;\nworker_processes 1;\npid {dir}/nginx-{name}.pid;\n\
              error_log {dir}/nginx-{name}.err warn;\nevents {{ worker_connections 256; }}\n\
              http {{\n  access_log off;\n  server {{\n    listen 80;\n    default_type text/plain;\n\
              \x20   location / {{ return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
             dir = self.dir.display(),
-            name = n.name
+            name = n.name()
         );
         std::fs::write(&n.nginx_conf, conf).expect("nginx conf");
         let child = Command::new("ip")
-            .args(["netns", "exec", n.ns, "nginx", "-c"])
+            .args(["netns", "exec", n.ns(), "nginx", "-c"])
             .arg(&n.nginx_conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx");
-        self.nodes[i].nginx = Some(child);
-        let pidfile = self.dir.join(format!("nginx-{}.pid", self.nodes[i].name));
+        self.node_mut(side).nginx = Some(child);
+        let pidfile = self.dir.join(format!("nginx-{}.pid", side.name()));
         let deadline = Instant::now() + Duration::from_secs(5);
         while !pidfile.exists() {
             assert!(
                 Instant::now() < deadline,
                 "nginx on {} did not start",
-                self.nodes[i].name
+                side.name()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
-    pub fn write_config(&self, i: usize, o: &AgentOptions) {
-        let n = &self.nodes[i];
-        let peer = 1 - i;
-        let text = format!(
-            r#"# Generated by the lab: the same format an operator writes.
-[node]
-name = "{name}"
-
-[[peer]]
-name = "{peer_name}"
-addresses = ["{peer_ip}"]
-
-[group]
-id = 1
-eni = "{eni}"
-device-index = 1
-hold-down = "{hold_down}"
-
-[heartbeat]
-bind = "{ip}"
-interval = "{interval}"
-dead-interval = "{dead}"
-
-[auth]
-key-file = "{dir}/peer.key"
-
-[aws]
-region = "us-east-1"
-endpoint-url = "http://{cloud}:{front}"
-verify-interval = "2s"
-
-[network]
-repair = {repair}
-reconcile-interval = "5s"
-
-[hooks]
-timeout = "10s"
-on-master = [["/usr/sbin/nginx", "-c", "{nginx}", "-s", "reload"]]
-
-[control]
-socket = "{socket}"
-
-[stop]
-mode = "auto"
-restart-grace = "10s"
-"#,
-            name = n.name,
-            peer_name = NAMES[peer],
-            peer_ip = NODE_IPS[peer],
-            eni = self.seeded.eni,
-            hold_down = o.hold_down,
-            ip = NODE_IPS[i],
-            interval = o.interval,
-            dead = o.dead_interval,
-            dir = self.dir.display(),
-            cloud = CLOUD_IP,
-            front = FRONT_PORT,
-            repair = o.repair,
-            nginx = n.nginx_conf.display(),
-            socket = n.socket.display(),
-        );
-        std::fs::write(&n.config, text).expect("agent config");
+    pub fn write_config(&self, side: Side, o: &AgentOptions) {
+        let text = agent_config(side, self.seeded.eni.as_str(), o, &self.dir);
+        std::fs::write(&self.node(side).config, text).expect("agent config");
     }
 
-    pub fn start_agent(&mut self, i: usize) {
-        let n = &self.nodes[i];
+    pub fn start_agent(&mut self, side: Side) {
+        let n = self.node(side);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&n.log)
             .expect("agent log");
         let child = Command::new("ip")
-            .args(["netns", "exec", n.ns])
+            .args(["netns", "exec", n.ns()])
             .arg(&self.bin)
             .args(["run", "-c"])
             .arg(&n.config)
@@ -744,7 +642,7 @@ restart-grace = "10s"
             .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/enipeer-lab")
             .env(
                 "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                format!("http://{CLOUD_IP}:{}/", IMDS_PORTS[i]),
+                format!("http://{CLOUD_IP}:{}/", side.imds_port()),
             )
             .env("ENIPEER_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
@@ -753,56 +651,52 @@ restart-grace = "10s"
             .stderr(log)
             .spawn()
             .expect("start enipeer");
-        self.nodes[i].agent = Some(child);
+        self.node_mut(side).agent = Some(child);
     }
 
-    pub fn agent_pid(&self, i: usize) -> Option<i32> {
-        self.nodes[i].agent.as_ref().map(|c| c.id() as i32)
+    pub fn agent_pid(&self, side: Side) -> Option<i32> {
+        self.node(side).agent.as_ref().map(|c| c.id() as i32)
     }
 
-    pub fn signal_agent(&mut self, i: usize, sig: nix::sys::signal::Signal) {
-        if let Some(pid) = self.agent_pid(i) {
+    pub fn signal_agent(&mut self, side: Side, sig: Signal) {
+        if let Some(pid) = self.agent_pid(side) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
         }
     }
 
     /// Waits for the agent to exit (after a signal); returns its exit code.
-    pub fn wait_agent(&mut self, i: usize, within: Duration) -> Option<i32> {
+    pub fn wait_agent(&mut self, side: Side, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Some(c) = self.nodes[i].agent.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    self.nodes[i].agent = None;
-                    return st.code();
-                }
-            } else {
-                return None;
+            let node = self.node_mut(side);
+            let c = node.agent.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                node.agent = None;
+                return st.code();
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         None
     }
 
-    pub fn kill_agent(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].agent.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGCONT,
-            );
+    pub fn kill_agent(&mut self, side: Side) {
+        if let Some(mut c) = self.node_mut(side).agent.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), Signal::SIGCONT);
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     /// The host "dies": every process in its namespace frozen, its primary interface cut.
-    pub fn freeze(&self, i: usize) {
-        signal_ns(self.nodes[i].ns, nix::sys::signal::Signal::SIGSTOP);
-        ip(NS_RT, &["link", "set", mgmt_port(i), "down"]);
+    pub fn freeze(&self, side: Side) {
+        netns::signal(side.ns(), Signal::SIGSTOP);
+        ip(NS_RT, &["link", "set", side.mgmt_port(), "down"]);
     }
 
-    pub fn thaw(&self, i: usize) {
-        ip(NS_RT, &["link", "set", mgmt_port(i), "up"]);
-        signal_ns(self.nodes[i].ns, nix::sys::signal::Signal::SIGCONT);
+    pub fn thaw(&self, side: Side) {
+        ip(NS_RT, &["link", "set", side.mgmt_port(), "up"]);
+        netns::signal(side.ns(), Signal::SIGCONT);
     }
 
     /// Drops heartbeats (UDP 7460) between the instances on the management bridge; the cloud
@@ -836,51 +730,65 @@ restart-grace = "10s"
         ]);
     }
 
-    /// What the cloud says: the instance the ENI is attached to, as a node index.
-    pub fn holder(&self) -> Option<usize> {
+    /// What the cloud says: the side whose instance the ENI is attached to.
+    pub fn holder(&self) -> Option<Side> {
         let id = self
             .cloud
             .as_ref()
             .expect("cloud")
-            .call(|tx| Cmd::Holder(self.seeded.eni.clone(), tx))
+            .call(|tx| Cmd::Holder(self.seeded.eni.to_string(), tx))
             .expect("describe");
-        id.and_then(|id| self.seeded.instances.iter().position(|x| *x == id))
+        id.and_then(|id| self.seeded.side_of(&id))
     }
 
-    pub fn cli(&self, i: usize, args: &[&str]) -> std::process::Output {
+    pub fn cli(&self, side: Side, args: &[&str]) -> std::process::Output {
         Command::new(&self.bin)
             .args(args)
             .arg("--socket")
-            .arg(&self.nodes[i].socket)
+            .arg(&self.node(side).socket)
             .output()
             .expect("enipeer cli")
     }
 
-    pub fn role(&self, i: usize) -> Option<enipeer::report::RoleReport> {
-        let out = self.cli(i, &["role", "--json"]);
+    pub fn role(&self, side: Side) -> Option<enipeer::report::RoleReport> {
+        let out = self.cli(side, &["role", "--json"]);
         if !out.status.success() {
             return None;
         }
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    pub fn role_name(&self, i: usize) -> String {
-        self.role(i)
+    pub fn role_name(&self, side: Side) -> String {
+        self.role(side)
             .map(|r| r.role)
             .unwrap_or_else(|| "down".into())
     }
 
     /// The policy rules in a node's namespace that point the ENI's addresses at a table.
-    pub fn eni_rules(&self, i: usize) -> Vec<String> {
-        ip(self.nodes[i].ns, &["rule", "show"])
+    pub fn eni_rules(&self, side: Side) -> Vec<String> {
+        ip(side.ns(), &["rule", "show"])
             .lines()
             .filter(|l| l.contains("198.18.1.25") || l.contains("198.18.1.26"))
             .map(str::to_owned)
             .collect()
     }
 
-    pub fn logs(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    /// Deletes one policy rule for the ENI's primary address behind the agent's back (drift);
+    /// false when there was none.
+    pub fn delete_eni_rule(&self, side: Side) -> bool {
+        sh_quiet(&[
+            "ip",
+            "-n",
+            side.ns(),
+            "rule",
+            "del",
+            "from",
+            &ENI_IP.to_string(),
+        ])
+    }
+
+    pub fn logs(&self, side: Side) -> String {
+        std::fs::read_to_string(&self.node(side).log).unwrap_or_default()
     }
 
     /// Waits until `f` holds; panics with both agents' logs otherwise.
@@ -899,20 +807,20 @@ restart-grace = "10s"
         }
         panic!(
             "timed out after {within:?} waiting for {what}\n--- node-a ---\n{}\n--- node-b ---\n{}",
-            tail(&self.logs(0), 40),
-            tail(&self.logs(1), 40)
+            tail(&self.logs(Side::A), 40),
+            tail(&self.logs(Side::B), 40)
         );
     }
 
     /// The usual start: node-a alone claims the detached ENI, then node-b joins as backup.
     pub fn start_pair(&mut self, o: &AgentOptions) {
-        self.write_config(0, o);
-        self.write_config(1, o);
-        self.start_agent(0);
+        self.write_config(Side::A, o);
+        self.write_config(Side::B, o);
+        self.start_agent(Side::A);
         self.wait_for("node-a master", Duration::from_secs(20), |l| {
-            l.role(0).is_some_and(|r| r.role == "master") && l.serving(0)
+            l.role(Side::A).is_some_and(|r| r.role == "master") && l.serving(Side::A)
         });
-        self.start_agent(1);
+        self.start_agent(Side::B);
         self.wait_for(
             "node-b backup and both hear each other",
             Duration::from_secs(20),
@@ -920,24 +828,26 @@ restart-grace = "10s"
                 let heard = |r: &enipeer::report::RoleReport| {
                     r.peers[0].alive && r.peers[0].last_heard_ms_ago.is_some()
                 };
-                l.role(1).is_some_and(|r| r.role == "backup" && heard(&r))
-                    && l.role(0).is_some_and(|r| heard(&r))
+                l.role(Side::B)
+                    .is_some_and(|r| r.role == "backup" && heard(&r))
+                    && l.role(Side::A).is_some_and(|r| heard(&r))
             },
         );
     }
 
+    /// One GET through the EIP from the client: the name of the node that answered.
+    pub fn client_fetch(&self, timeout: Duration) -> Option<String> {
+        netns::run_in(NS_CLI, move || fetch(timeout))
+    }
+
     /// True once the node answers through the EIP.
-    pub fn serving(&self, i: usize) -> bool {
-        in_ns(NS_CLI, move || fetch(Duration::from_millis(300))) == Some(NAMES[i].to_string())
+    pub fn serving(&self, side: Side) -> bool {
+        self.client_fetch(Duration::from_millis(300)).as_deref() == Some(side.name())
     }
 
     pub fn hotplug_moves(&self) -> usize {
         self.hotplug.moves.load(Ordering::SeqCst)
     }
-}
-
-fn mgmt_port(i: usize) -> &'static str {
-    ["m-a", "m-b"][i]
 }
 
 fn flush_eni_rules(ns: &str) {
@@ -962,27 +872,40 @@ pub fn tail(s: &str, n: usize) -> String {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for i in 0..2 {
-            self.kill_agent(i);
-            if let Some(mut c) = self.nodes[i].nginx.take() {
+        for side in Side::BOTH {
+            self.kill_agent(side);
+            if let Some(mut c) = self.node_mut(side).nginx.take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
         }
         let _ = std::fs::create_dir_all(LOG_DIR);
         for n in &self.nodes {
-            let _ = std::fs::copy(&n.log, Path::new(LOG_DIR).join(format!("{}.log", n.name)));
+            let _ = std::fs::copy(&n.log, Path::new(LOG_DIR).join(format!("{}.log", n.name())));
         }
         self.cloud.take();
-        remove_leftovers();
+        // Each namespace goes with whatever still runs in it.
+        self.spaces.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn build_topology() {
-    for ns in ALL_NS {
-        sh(&["ip", "netns", "add", ns]);
-        ip(ns, &["link", "set", "lo", "up"]);
-    }
+/// The lab's namespaces, each created after removing a leftover of its exact name.
+fn create_namespaces() -> Vec<Netns> {
+    let names = [NS_RT, NS_CLOUD, Side::A.ns(), Side::B.ns(), NS_CLI, NS_POOL];
+    names
+        .into_iter()
+        .map(|name| {
+            let ns = Netns::create(name);
+            ns.ip(&["link", "set", "lo", "up"]);
+            ns
+        })
+        .collect()
+}
+
+/// Creates the namespaces and wires them as the module's picture shows; returns the guards.
+fn build_topology(dir: &Path) -> Vec<Netns> {
+    let spaces = create_namespaces();
     let r = |args: &[&str]| ip(NS_RT, args);
     for (br, addr) in [("br-mgmt", "198.18.0.1/24"), ("br-eni", "198.18.1.1/24")] {
         r(&["link", "add", br, "type", "bridge"]);
@@ -998,16 +921,14 @@ fn build_topology() {
     ip(NS_CLI, &["addr", "add", "203.0.113.130/25", "dev", "eth0"]);
     ip(NS_CLI, &["link", "set", "eth0", "up"]);
     ip(NS_CLI, &["route", "add", "default", "via", "203.0.113.129"]);
-    for (port, ns, addr) in [
-        ("m-cloud", NS_CLOUD, "198.18.0.2/24"),
-        ("m-a", "enpl-a", "198.18.0.11/24"),
-        ("m-b", "enpl-b", "198.18.0.12/24"),
-    ] {
+    let cloud_addr = format!("{CLOUD_IP}/24");
+    let nodes = Side::BOTH.map(|s| (s.mgmt_port(), s.ns(), format!("{}/24", s.node_ip())));
+    for (port, ns, addr) in [("m-cloud", NS_CLOUD, cloud_addr)].into_iter().chain(nodes) {
         r(&[
             "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
         ]);
         r(&["link", "set", port, "master", "br-mgmt", "up"]);
-        ip(ns, &["addr", "add", addr, "dev", "eth0"]);
+        ip(ns, &["addr", "add", &addr, "dev", "eth0"]);
         ip(ns, &["link", "set", "eth0", "up"]);
         ip(ns, &["route", "add", "default", "via", "198.18.0.1"]);
     }
@@ -1015,8 +936,14 @@ fn build_topology() {
         "link", "add", "e-eni1", "type", "veth", "peer", "name", ENI_LINK, "netns", NS_POOL,
     ]);
     r(&["link", "set", "e-eni1", "master", "br-eni", "up"]);
-    // Forwarding, and AWS's source/destination check as strict reverse-path filtering: a reply
-    // from the ENI's address that arrives over the management bridge is dropped.
+    router_rules(dir);
+    spaces
+}
+
+/// Forwarding, AWS's source/destination check, and the EIP's NAT in the router.
+fn router_rules(dir: &Path) {
+    // The source/destination check as strict reverse-path filtering: a reply from the ENI's
+    // address that arrives over the management bridge is dropped.
     sh(&[
         "ip",
         "netns",
@@ -1033,7 +960,7 @@ fn build_topology() {
     let nft = format!(
         "table ip enpl_eip {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {EIP} dnat to {ENI_IP}\n  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {ENI_IP} oifname \"rt-cli\" snat to {EIP}\n  }}\n}}\n"
     );
-    let f = Path::new(STATE_DIR).join("eip.nft");
+    let f = dir.join("eip.nft");
     std::fs::write(&f, nft).expect("nft file");
     sh(&[
         "ip",
@@ -1140,9 +1067,7 @@ impl Probe {
     pub fn start(max: Duration) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let path = Path::new("/run/netns").join(NS_CLI);
-        let thread = std::thread::spawn(move || {
-            enter_ns(&path);
+        let thread = netns::spawn_in(NS_CLI, move || {
             let start = Instant::now();
             let start_wall = SystemTime::now();
             let mut samples = Vec::new();

@@ -1,15 +1,18 @@
-//! Shared test support for the EC2 adapter tests: a moto server per test (started on a free
-//! loopback port, killed on drop), a seeded lab (VPC, subnet, two instances, an ENI), and the
-//! settings an adapter needs to reach it.
+//! Shared test support for the EC2 adapter tests and the lab: a moto server (started on a free
+//! loopback port, killed on drop), the seeded cloud ([`Seeded`]: VPC, subnet, the two instances
+//! of [`Side`] A and B, an ENI), and the settings an adapter needs to reach it.
 
 #![allow(dead_code)]
 
+pub mod agent_config;
 pub mod cloud_front;
 pub mod imds;
 pub mod lab;
+pub mod netns;
 
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -29,9 +32,27 @@ pub const ENI_SECONDARY_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 26);
 
 fn install_hint() -> String {
     format!(
-        "moto is required for these tests: pip install 'moto[server]=={}'",
+        "moto {} is required for these tests: run `make lab-deps` (installs it into .venv/), \
+         or set ENIPEER_MOTO_PYTHON to a Python that has it",
         MOTO_VERSION.trim()
     )
+}
+
+/// The Python that runs moto: `$ENIPEER_MOTO_PYTHON` when set, else the project's own virtual
+/// environment that `make lab-deps` fills from tests/requirements-lab.txt. Never `python3` from
+/// PATH: the system's Python may hold another moto, or none.
+fn moto_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("ENIPEER_MOTO_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: {}",
+        python.display(),
+        install_hint()
+    );
+    python
 }
 
 /// Sets the process environment once, before any test reads it: static credentials (moto
@@ -71,12 +92,13 @@ fn free_port() -> u16 {
 }
 
 impl Moto {
-    /// Starts `python3 -m moto.server` on a free 127.0.0.1 port and waits until it answers.
+    /// Starts `<moto_python> -m moto.server` on a free 127.0.0.1 port and waits until it answers.
     /// Panics (failing the test) when moto is missing or not the pinned version: a silent skip
     /// would hide a broken CI.
     pub fn start() -> Moto {
         env_once();
-        let version = Command::new("python3")
+        let python = moto_python();
+        let version = Command::new(&python)
             .args(["-c", "import moto; print(moto.__version__)"])
             .output();
         let version = match version {
@@ -84,11 +106,16 @@ impl Moto {
                 String::from_utf8_lossy(&out.stdout).trim().to_owned()
             }
             Ok(out) => panic!(
-                "{}\n(python3 could not import moto: {})",
+                "{}\n({} could not import moto: {})",
                 install_hint(),
+                python.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-            Err(e) => panic!("{}\n(python3 not runnable: {e})", install_hint()),
+            Err(e) => panic!(
+                "{}\n({} not runnable: {e})",
+                install_hint(),
+                python.display()
+            ),
         };
         assert_eq!(
             version,
@@ -100,7 +127,7 @@ impl Moto {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("enipeer-moto-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("moto log file");
-        let mut cmd = Command::new("python3");
+        let mut cmd = Command::new(&python);
         cmd.args([
             "-m",
             "moto.server",
@@ -141,6 +168,18 @@ impl Moto {
     pub fn endpoint_url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Forgets every resource (`POST /moto-api/reset`, 15 ms, where a restart takes seconds).
+    pub fn reset(&self) {
+        let mut s = TcpStream::connect(self.addr).expect("connect to moto");
+        s.write_all(
+            b"POST /moto-api/reset HTTP/1.1\r\nHost: moto\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .expect("moto reset");
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        assert!(buf.starts_with("HTTP/1.1 200"), "moto reset: {buf}");
+    }
 }
 
 /// An SDK client for seeding and inspecting moto directly.
@@ -154,20 +193,73 @@ pub async fn sdk_client(endpoint: &str) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&conf)
 }
 
-/// What [`seed`] created.
+/// One of the two instances (and, in the lab, nodes) of the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::A, Side::B];
+
+    /// The other one.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    /// The node name the lab gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::A => "node-a",
+            Side::B => "node-b",
+        }
+    }
+
+    /// Picks this side's value of a pair written `[a, b]`.
+    pub fn pick<T: Copy>(self, pair: [T; 2]) -> T {
+        match self {
+            Side::A => pair[0],
+            Side::B => pair[1],
+        }
+    }
+}
+
+/// The seeded cloud: what [`seed`] created in moto.
 #[derive(Debug, Clone)]
-pub struct Lab {
+pub struct Seeded {
     pub vpc: String,
     pub subnet: String,
     pub a: InstanceId,
     pub b: InstanceId,
     pub eni: EniId,
+    /// The MAC moto gave the ENI (the lab's NIC gets it).
+    pub mac: String,
+}
+
+impl Seeded {
+    pub fn instance(&self, side: Side) -> &InstanceId {
+        match side {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        }
+    }
+
+    /// Which side an instance id belongs to.
+    pub fn side_of(&self, id: &str) -> Option<Side> {
+        Side::BOTH
+            .into_iter()
+            .find(|s| self.instance(*s).as_str() == id)
+    }
 }
 
 /// Creates VPC 198.18.0.0/16, subnet 198.18.1.0/24, two instances and an ENI with private IP
 /// 198.18.1.25 (and secondary 198.18.1.26), tagged `enipeer-group`. The first call also warms
 /// moto up (its first EC2 request is slow).
-pub async fn seed(ec2: &aws_sdk_ec2::Client) -> Lab {
+pub async fn seed(ec2: &aws_sdk_ec2::Client) -> Seeded {
     let vpc = ec2
         .create_vpc()
         .cidr_block("198.18.0.0/16")
@@ -230,17 +322,32 @@ pub async fn seed(ec2: &aws_sdk_ec2::Client) -> Lab {
         .network_interface
         .and_then(|n| n.network_interface_id)
         .expect("eni id");
-    Lab {
+    let mac = eni_mac(ec2, &eni).await;
+    Seeded {
         vpc,
         subnet,
         a: ids[0].clone(),
         b: ids[1].clone(),
-        eni: eni.parse().unwrap(),
+        eni: eni.parse().expect("moto's ENI id"),
+        mac,
     }
 }
 
+/// The MAC moto gave the ENI.
+async fn eni_mac(ec2: &aws_sdk_ec2::Client, eni: &str) -> String {
+    ec2.describe_network_interfaces()
+        .network_interface_ids(eni)
+        .send()
+        .await
+        .expect("describe the ENI")
+        .network_interfaces()
+        .first()
+        .and_then(|n| n.mac_address().map(str::to_owned))
+        .expect("ENI MAC")
+}
+
 /// Attaches the ENI directly (bypassing the adapter) and returns the attachment id.
-pub async fn attach_directly(ec2: &aws_sdk_ec2::Client, lab: &Lab, to: &InstanceId) -> String {
+pub async fn attach_directly(ec2: &aws_sdk_ec2::Client, lab: &Seeded, to: &InstanceId) -> String {
     ec2.attach_network_interface()
         .network_interface_id(lab.eni.as_str())
         .instance_id(to.as_str())
@@ -263,13 +370,13 @@ pub fn aws_settings(endpoint: &str, operation_timeout: Duration) -> AwsSettings 
 }
 
 /// An adapter for instance `me`, with the instance id overridden (no IMDS here).
-pub async fn cloud(endpoint: &str, lab: &Lab, me: &InstanceId) -> Ec2Cloud {
+pub async fn cloud(endpoint: &str, lab: &Seeded, me: &InstanceId) -> Ec2Cloud {
     cloud_with_timeout(endpoint, lab, me, Duration::from_secs(5)).await
 }
 
 pub async fn cloud_with_timeout(
     endpoint: &str,
-    lab: &Lab,
+    lab: &Seeded,
     me: &InstanceId,
     operation_timeout: Duration,
 ) -> Ec2Cloud {
@@ -285,7 +392,12 @@ pub async fn cloud_with_timeout(
 }
 
 /// Full settings for a node `me` with peer `peer` (for preflight).
-pub fn settings(endpoint: &str, lab: &Lab, me: &InstanceId, peer: Option<InstanceId>) -> Settings {
+pub fn settings(
+    endpoint: &str,
+    lab: &Seeded,
+    me: &InstanceId,
+    peer: Option<InstanceId>,
+) -> Settings {
     Settings {
         node: NodeSettings {
             name: "node-a".into(),

@@ -15,6 +15,7 @@ use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
 
 use super::*;
+use crate::cloud::CloudErrorKind;
 
 const ENI: &str = "eni-0123456789abcdef0";
 const ME: &str = "i-0aaaaaaaaaaaaaaaa";
@@ -32,50 +33,50 @@ fn policy(deadline_ms: u64) -> RetryPolicy {
 fn codes_win_over_statuses() {
     assert_eq!(
         classify(Some("RequestLimitExceeded"), Some(503)),
-        ErrorClass::retry("throttled")
+        CloudErrorKind::Throttled
     );
     assert_eq!(
         classify(Some("DryRunOperation"), Some(412)),
-        ErrorClass::answer("dry-run")
+        CloudErrorKind::DryRun
     );
     assert_eq!(
         classify(Some("UnauthorizedOperation"), Some(403)),
-        ErrorClass::answer("unauthorized")
+        CloudErrorKind::Unauthorized
     );
     assert_eq!(
         classify(Some("InvalidNetworkInterfaceID.NotFound"), Some(400)),
-        ErrorClass::answer("not-found")
+        CloudErrorKind::NotFound
     );
     assert_eq!(
         classify(Some("InvalidAttachmentID.NotFound"), Some(400)),
-        ErrorClass::answer("not-found")
+        CloudErrorKind::NotFound
     );
     assert_eq!(
         classify(Some("InvalidNetworkInterface.InUse"), Some(400)),
-        ErrorClass::answer("in-use")
+        CloudErrorKind::InUse
     );
     assert_eq!(
         classify(Some("InvalidParameterValue"), Some(400)),
-        ErrorClass::answer("invalid-parameter")
+        CloudErrorKind::InvalidParameter
     );
     assert_eq!(
         classify(Some("InternalError"), Some(500)),
-        ErrorClass::retry("http-5xx")
+        CloudErrorKind::Http5xx
     );
 }
 
 #[test]
 fn statuses_decide_without_a_code() {
-    assert_eq!(classify(None, Some(503)), ErrorClass::retry("throttled"));
-    assert_eq!(classify(None, Some(502)), ErrorClass::retry("http-5xx"));
-    assert_eq!(classify(None, Some(400)), ErrorClass::answer("api-error"));
+    assert_eq!(classify(None, Some(503)), CloudErrorKind::Throttled);
+    assert_eq!(classify(None, Some(502)), CloudErrorKind::Http5xx);
+    assert_eq!(classify(None, Some(400)), CloudErrorKind::Api);
     assert_eq!(
         classify(Some("SomethingNew"), Some(400)),
-        ErrorClass::answer("api-error")
+        CloudErrorKind::Api
     );
     assert_eq!(
         classify(Some("SomethingNew"), Some(500)),
-        ErrorClass::retry("http-5xx")
+        CloudErrorKind::Http5xx
     );
 }
 
@@ -100,7 +101,7 @@ fn backoff_doubles_is_capped_and_jittered() {
 #[test]
 fn next_step_respects_class_and_deadline() {
     let p = RetryPolicy::for_deadline(Duration::from_secs(10));
-    let throttled = ErrorClass::retry("throttled");
+    let throttled = CloudErrorKind::Throttled;
     assert_eq!(
         next_step(throttled, &p, 0, Duration::from_secs(5), 0.0),
         NextStep::RetryAfter(Duration::from_millis(25))
@@ -110,13 +111,7 @@ fn next_step_respects_class_and_deadline() {
         NextStep::Deadline
     );
     assert_eq!(
-        next_step(
-            ErrorClass::answer("not-found"),
-            &p,
-            0,
-            Duration::from_secs(5),
-            0.0
-        ),
+        next_step(CloudErrorKind::NotFound, &p, 0, Duration::from_secs(5), 0.0),
         NextStep::Fail
     );
 }
@@ -292,8 +287,8 @@ async fn deadline_exceeded_fails_with_the_deadline_error() {
     let replay = Replay::always(503, error_body("RequestLimitExceeded"));
     let cloud = cloud_with(&replay, policy(150));
     let err = cloud.describe_raw(cloud.deadline()).await.unwrap_err();
-    assert_eq!(err.kind, "deadline");
-    assert!(err.transient);
+    assert_eq!(err.kind, CloudErrorKind::Deadline);
+    assert!(err.retryable());
     assert!(
         err.message.contains("RequestLimitExceeded"),
         "the last error is named: {err}"
@@ -306,8 +301,8 @@ async fn not_found_is_not_retried() {
     let replay = Replay::always(400, error_body("InvalidNetworkInterfaceID.NotFound"));
     let cloud = cloud_with(&replay, policy(5_000));
     let err = cloud.describe_raw(cloud.deadline()).await.unwrap_err();
-    assert_eq!(err.kind, "not-found");
-    assert!(!err.transient);
+    assert_eq!(err.kind, CloudErrorKind::NotFound);
+    assert!(!err.retryable());
     assert_eq!(replay.count(), 1);
 }
 
@@ -316,8 +311,8 @@ async fn unauthorized_is_not_retried() {
     let replay = Replay::always(403, error_body("UnauthorizedOperation"));
     let cloud = cloud_with(&replay, policy(5_000));
     let err = cloud.release().await.unwrap_err();
-    assert_eq!(err.kind, "unauthorized");
-    assert!(!err.transient);
+    assert_eq!(err.kind, CloudErrorKind::Unauthorized);
+    assert!(!err.retryable());
     assert_eq!(replay.count(), 1);
 }
 

@@ -1,0 +1,326 @@
+//! The procedures driven by hand against a tiny model cloud with a fake clock: which calls they
+//! make, in which order, and what they conclude.
+
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::cloud::Attachment;
+
+const ME: &str = "i-0000000a";
+const PEER: &str = "i-0000000b";
+const OTHER: &str = "i-0000000c";
+
+fn id(s: &str) -> InstanceId {
+    s.parse().unwrap()
+}
+
+fn ctx() -> Context {
+    Context {
+        me: id(ME),
+        eni: "eni-0123abcd".parse().unwrap(),
+        limits: Limits {
+            deadline: Duration::from_secs(5),
+            force_detach_grace: Duration::from_millis(500),
+            poll_jitter: || 1.0,
+        },
+    }
+}
+
+/// One attachment that moves one phase on per describe (attaching → attached, detaching →
+/// gone), unless `stuck_detach` holds a normal detach in `detaching` forever.
+#[derive(Default)]
+struct Model {
+    att: Option<(InstanceId, AttachState, bool)>,
+    next_id: u32,
+    stuck_detach: bool,
+    stuck_attach: bool,
+    forced: bool,
+    /// Answer the next attach with InUse and hand the ENI to this instance.
+    race_winner: Option<InstanceId>,
+    calls: Vec<Call>,
+}
+
+impl Model {
+    fn holding(who: &str, state: AttachState, delete_on_termination: bool) -> Self {
+        Model {
+            att: Some((id(who), state, delete_on_termination)),
+            ..Model::default()
+        }
+    }
+
+    fn attachment_id(&self) -> String {
+        format!("eni-attach-{:08x}", self.next_id)
+    }
+
+    fn info(&self) -> EniInfo {
+        EniInfo {
+            eni_id: ctx().eni,
+            status: if self.att.is_some() {
+                "in-use"
+            } else {
+                "available"
+            }
+            .into(),
+            attachment: self.att.as_ref().map(|(i, state, dot)| Attachment {
+                instance_id: i.clone(),
+                attachment_id: self.attachment_id(),
+                device_index: 1,
+                state: *state,
+                delete_on_termination: *dot,
+            }),
+            mac: "02:00:5e:10:00:25".into(),
+            primary_ip: Ipv4Addr::new(198, 18, 1, 25),
+            secondary_ips: Vec::new(),
+            subnet_cidr: None,
+            availability_zone: None,
+        }
+    }
+
+    fn answer(&mut self, call: &Call) -> Result<Reply, CloudError> {
+        self.calls.push(call.clone());
+        match call {
+            Call::Describe => {
+                let info = self.info();
+                self.att = match self.att.take() {
+                    Some((i, AttachState::Attaching, d)) if !self.stuck_attach => {
+                        Some((i, AttachState::Attached, d))
+                    }
+                    Some((_, AttachState::Detaching, _)) if !self.stuck_detach || self.forced => {
+                        None
+                    }
+                    other => other,
+                };
+                Ok(Reply::Described(info))
+            }
+            Call::Attach { .. } => {
+                if let Some(w) = self.race_winner.take() {
+                    self.att = Some((w, AttachState::Attached, false));
+                }
+                if self.att.is_some() {
+                    return Err(CloudError::new(CloudErrorKind::InUse, "in use"));
+                }
+                self.next_id += 1;
+                self.att = Some((id(ME), AttachState::Attaching, false));
+                Ok(Reply::Accepted)
+            }
+            Call::Detach {
+                attachment_id,
+                force,
+            } => match self.att.take() {
+                Some((i, _, d)) if *attachment_id == self.attachment_id() => {
+                    self.forced |= *force;
+                    self.att = Some((i, AttachState::Detaching, d));
+                    Ok(Reply::Accepted)
+                }
+                other => {
+                    self.att = other;
+                    Err(CloudError::new(
+                        CloudErrorKind::NotFound,
+                        "no such attachment",
+                    ))
+                }
+            },
+            Call::KeepOnTermination { .. } => {
+                if let Some((_, _, d)) = self.att.as_mut() {
+                    *d = false;
+                }
+                Ok(Reply::Accepted)
+            }
+        }
+    }
+}
+
+/// Runs `m` to the end against `model`: every call costs 10 ms of fake time.
+fn drive<M: Procedure>(mut m: M, model: &mut Model) -> (Result<M::Output, CloudError>, Duration) {
+    let mut elapsed = Duration::ZERO;
+    let mut last = None;
+    for _ in 0..1000 {
+        match m.next(elapsed, last.take()) {
+            Next::Call(c) => {
+                elapsed += Duration::from_millis(10);
+                last = Some(model.answer(&c));
+            }
+            Next::Wait(d) => elapsed += d,
+            Next::Done(out) => return (out, elapsed),
+        }
+    }
+    panic!("the procedure did not finish");
+}
+
+fn claim(expected: Option<&str>, force: bool) -> ClaimProc {
+    ClaimProc::new(
+        ClaimRequest {
+            expected_holder: expected.map(id),
+            force,
+            device_index: 1,
+        },
+        ctx(),
+    )
+}
+
+fn detaches(model: &Model) -> Vec<bool> {
+    model
+        .calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Detach { force, .. } => Some(*force),
+            _ => None,
+        })
+        .collect()
+}
+
+fn labels(steps: &[Step]) -> Vec<&str> {
+    steps.iter().map(|s| s.label.as_str()).collect()
+}
+
+#[test]
+fn adopts_its_own_attachment_and_keeps_it_on_termination() {
+    let mut model = Model::holding(ME, AttachState::Attached, true);
+    let (out, _) = drive(claim(None, false), &mut model);
+    match out.unwrap() {
+        ClaimOutcome::Claimed {
+            info,
+            already_mine,
+            steps,
+        } => {
+            assert!(already_mine);
+            assert_eq!(
+                info.attachment.map(|a| a.delete_on_termination),
+                Some(false)
+            );
+            assert_eq!(
+                labels(&steps),
+                [
+                    "describe requested",
+                    "described",
+                    "delete-on-termination clear requested",
+                    "delete-on-termination cleared"
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        model.calls[..],
+        [Call::Describe, Call::KeepOnTermination { .. }]
+    ));
+}
+
+#[test]
+fn an_unexpected_holder_is_left_alone_even_with_force() {
+    let mut model = Model::holding(OTHER, AttachState::Attached, false);
+    let (out, _) = drive(claim(Some(PEER), true), &mut model);
+    assert!(matches!(out.unwrap(), ClaimOutcome::HeldBy { holder, .. } if holder == id(OTHER)));
+    assert_eq!(model.calls, [Call::Describe]);
+}
+
+#[test]
+fn the_expected_holder_is_detached_then_the_eni_attached_here() {
+    let mut model = Model::holding(PEER, AttachState::Attached, false);
+    let (out, _) = drive(claim(Some(PEER), false), &mut model);
+    assert!(matches!(
+        out.unwrap(),
+        ClaimOutcome::Claimed {
+            already_mine: false,
+            ..
+        }
+    ));
+    assert_eq!(detaches(&model), [false], "no force without need");
+    assert!(model.calls.contains(&Call::Attach { device_index: 1 }));
+    assert_eq!(
+        model.att.map(|a| (a.0, a.1)),
+        Some((id(ME), AttachState::Attached))
+    );
+}
+
+#[test]
+fn force_is_used_at_once_when_asked() {
+    let mut model = Model::holding(PEER, AttachState::Attached, false);
+    model.stuck_detach = true;
+    let (out, _) = drive(claim(Some(PEER), true), &mut model);
+    assert!(out.is_ok());
+    assert_eq!(detaches(&model), [true]);
+}
+
+#[test]
+fn a_normal_detach_is_forced_after_the_grace() {
+    let mut model = Model::holding(PEER, AttachState::Attached, false);
+    model.stuck_detach = true;
+    let (out, elapsed) = drive(claim(Some(PEER), false), &mut model);
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(detaches(&model), [false, true]);
+    assert!(elapsed >= ctx().limits.force_detach_grace);
+}
+
+#[test]
+fn a_pending_detach_of_someone_else_is_waited_out_without_force() {
+    let mut model = Model::holding(OTHER, AttachState::Detaching, false);
+    let (out, _) = drive(claim(None, true), &mut model);
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(detaches(&model), Vec::<bool>::new());
+}
+
+#[test]
+fn a_lost_attach_race_names_the_winner() {
+    let mut model = Model {
+        race_winner: Some(id(OTHER)),
+        ..Model::default()
+    };
+    let (out, _) = drive(claim(None, false), &mut model);
+    match out.unwrap() {
+        ClaimOutcome::HeldBy { holder, steps } => {
+            assert_eq!(holder, id(OTHER));
+            assert!(labels(&steps).contains(&"attach refused: in use"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_attach_that_never_finishes_ends_at_the_deadline() {
+    let mut model = Model {
+        stuck_attach: true,
+        ..Model::default()
+    };
+    let (out, elapsed) = drive(claim(None, false), &mut model);
+    let err = out.unwrap_err();
+    assert_eq!(err.kind, CloudErrorKind::Deadline);
+    assert!(err.retryable());
+    assert!(
+        elapsed < ctx().limits.deadline,
+        "no poll ends past the deadline"
+    );
+}
+
+#[test]
+fn release_detaches_its_own_attachment_without_force() {
+    let mut model = Model::holding(ME, AttachState::Attached, false);
+    let (out, _) = drive(ReleaseProc::new(ctx()), &mut model);
+    let out = out.unwrap();
+    assert!(out.detached);
+    assert_eq!(labels(&out.steps).last(), Some(&"detached"));
+    assert_eq!(detaches(&model), [false]);
+    assert_eq!(model.att, None);
+}
+
+#[test]
+fn release_leaves_someone_elses_attachment_alone() {
+    let mut model = Model::holding(PEER, AttachState::Attached, false);
+    let (out, _) = drive(ReleaseProc::new(ctx()), &mut model);
+    assert!(!out.unwrap().detached);
+    assert_eq!(model.calls, [Call::Describe]);
+}
+
+#[test]
+fn a_driver_answering_the_wrong_call_is_reported_not_guessed() {
+    let mut m = claim(None, false);
+    assert!(matches!(
+        m.next(Duration::ZERO, None),
+        Next::Call(Call::Describe)
+    ));
+    match m.next(Duration::ZERO, Some(Ok(Reply::Accepted))) {
+        Next::Done(Err(e)) => assert_eq!(e.kind, CloudErrorKind::BadResponse),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(m.next(Duration::ZERO, None), Next::Done(Err(_))));
+}

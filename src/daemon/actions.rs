@@ -1,0 +1,163 @@
+//! One method per core [`Action`]: each carries the action out or hands it to a worker, and
+//! decides nothing. None of them awaits the cloud or the host network config: the only awaits are
+//! heartbeat sends (and the pauses between the last ones, at exit).
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::cloud_worker::CloudJob;
+use super::plan::PlanUse;
+use super::{signals, Daemon};
+use crate::cloud::ClaimRequest;
+use crate::control::Response;
+use crate::core::{Action, ClaimKind, HookKind};
+use crate::hooks::{HookEnv, Transition};
+use crate::timeline::Kind;
+
+impl Daemon {
+    pub(super) async fn act(&mut self, action: Action) {
+        match action {
+            Action::Transitioned { from, to, reason } => {
+                self.transitioned(&from, &to, &reason);
+                self.checks_role_changed(to);
+            }
+            Action::Alert(alert) => crate::alerts::log(&alert, &self.rejected_summary()),
+            Action::SendHeartbeat => self.send_heartbeat().await,
+            Action::QueryCloud => self.query_cloud(),
+            Action::Claim {
+                expected_holder,
+                force,
+                kind,
+                reason,
+            } => self.claim(expected_holder, force, kind, reason),
+            Action::Release => self.release(),
+            Action::ApplyNet => self.apply_net().await,
+            Action::RemoveNet => self.remove_net().await,
+            Action::RunHooks { kind, reason } => self.run_hooks(kind, reason),
+            Action::Reply { token, result } => self.reply(token, result),
+            Action::Exit => self.exit().await,
+        }
+    }
+
+    fn transitioned(&self, from: &impl Display, to: &impl Display, reason: &str) {
+        info!(%from, %to, %reason, "transition");
+        signals::sd_notify(&format!("STATUS={to}: {reason}"));
+    }
+
+    async fn send_heartbeat(&mut self) {
+        self.hurry_probe_if_late();
+        let advert = self.node.advert();
+        if let Err(e) = self.peer.send(&advert).await {
+            warn!(error = %e, "sending heartbeats failed");
+        }
+    }
+
+    fn query_cloud(&self) {
+        self.to_cloud(CloudJob::Query);
+    }
+
+    fn claim(
+        &mut self,
+        expected_holder: Option<String>,
+        force: bool,
+        kind: ClaimKind,
+        reason: String,
+    ) {
+        self.timeline.claim_started(timeline_kind(kind), reason);
+        if force {
+            warn!(holder = ?expected_holder, "claiming with a FORCED detach: the holder is believed dead");
+        }
+        let req = ClaimRequest {
+            // A holder id that does not parse is no holder this node may detach: the claim then
+            // stops at whoever holds the ENI (HeldBy) instead of replacing them.
+            expected_holder: expected_holder.and_then(|h| h.parse().ok()),
+            force,
+            device_index: self.settings.group.device_index,
+        };
+        let mac = self.eni.as_ref().map(|e| e.mac.clone());
+        self.to_cloud(CloudJob::Claim { req, mac });
+    }
+
+    fn release(&mut self) {
+        self.timeline.mark(crate::timeline::Mark::ReleaseStarted);
+        self.to_cloud(CloudJob::Release);
+    }
+
+    async fn apply_net(&mut self) {
+        // Applying without a claim of ours before it: the ENI was already attached here.
+        self.timeline
+            .adopt_unless_running("ENI already attached here");
+        self.with_plan(PlanUse::Apply).await;
+    }
+
+    async fn remove_net(&mut self) {
+        self.with_plan(PlanUse::Remove).await;
+    }
+
+    fn run_hooks(&mut self, kind: HookKind, reason: String) {
+        let transition = match kind {
+            HookKind::Master => Transition::Master,
+            HookKind::Backup => Transition::Backup,
+            HookKind::Fault => Transition::Fault,
+            HookKind::Stop => Transition::Stop,
+        };
+        let env = HookEnv {
+            node: self.settings.node.name.clone(),
+            role: self.node.role().to_string(),
+            reason,
+            eni: self.settings.group.eni.to_string(),
+            interface: self.settings.network.interface_name.clone(),
+            addresses: self
+                .eni
+                .as_ref()
+                .map(|e| {
+                    std::iter::once(e.primary_ip)
+                        .chain(e.secondary_ips.iter().copied())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        if transition == Transition::Master {
+            self.timeline.mark(crate::timeline::Mark::HooksStarted);
+        }
+        self.hooks.run(transition, env);
+    }
+
+    fn reply(&mut self, token: u64, result: Result<String, String>) {
+        if let Some(tx) = self.pending_yields.remove(&token) {
+            let resp = match result {
+                Ok(message) => Response::Yielded { message },
+                Err(message) => Response::Error { message },
+            };
+            // The client may have hung up; the handover happened (or not) all the same.
+            let _ = tx.send(resp);
+        }
+    }
+
+    async fn exit(&mut self) {
+        // The last heartbeat says "stopping" (and for how long); one lost datagram would make the
+        // peer wait only the dead interval, so say it a few times.
+        let advert = self.node.advert();
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = self.peer.send(&advert).await;
+        }
+        self.exit = true;
+    }
+
+    pub(super) fn to_cloud(&self, job: CloudJob) {
+        // The worker lives as long as the loop holds this sender.
+        let _ = self.cloud_tx.send(job);
+    }
+}
+
+fn timeline_kind(kind: ClaimKind) -> Kind {
+    match kind {
+        ClaimKind::Failover => Kind::Failover,
+        ClaimKind::Election => Kind::Election,
+        ClaimKind::Yield => Kind::Yield,
+        ClaimKind::Reclaim => Kind::Reclaim,
+    }
+}

@@ -1,0 +1,96 @@
+//! The net worker: applies, removes and repairs the host network config, one job at a time, off
+//! the loop, and reports each apply and removal back as a [`Done::Net`].
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::Done;
+use crate::core::Event;
+use crate::net::{HostNet, NetPlan};
+
+pub(super) enum NetJob {
+    Apply(NetPlan),
+    /// Every plan that may be on the host: the applied one and the current one, when the ENI's
+    /// addresses changed in between.
+    Remove(Vec<NetPlan>),
+    /// Repair drift; only while master and with `network.repair` on. Not news for the core.
+    Reconcile(NetPlan),
+}
+
+pub(super) async fn run(
+    net: Arc<dyn HostNet>,
+    mut jobs: mpsc::UnboundedReceiver<NetJob>,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    // One job at a time, in order: a remove queued behind an apply must not overtake it.
+    while let Some(job) = jobs.recv().await {
+        let msg = match job {
+            NetJob::Apply(plan) => apply(&*net, &plan).await,
+            NetJob::Remove(plans) => remove(&*net, &plans).await,
+            NetJob::Reconcile(plan) => {
+                reconcile(&*net, &plan).await;
+                continue;
+            }
+        };
+        if done.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+async fn apply(net: &dyn HostNet, plan: &NetPlan) -> Done {
+    match net.apply(plan).await {
+        Ok(report) => {
+            if !report.changed.is_empty() {
+                info!(changes = ?report.changed, "host network configured");
+            }
+            Done::Net {
+                event: Event::NetApplied(Ok(())),
+                steps: report.steps,
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, kind = e.kind(), "applying the host network config failed");
+            Done::Net {
+                event: Event::NetApplied(Err(e.to_string())),
+                steps: Vec::new(),
+            }
+        }
+    }
+}
+
+/// Removes every plan, going on past a failure so that one stuck rule does not leave the rest
+/// behind; the result is the last failure, if any.
+async fn remove(net: &dyn HostNet, plans: &[NetPlan]) -> Done {
+    let mut result = Ok(());
+    for plan in plans {
+        match net.remove(plan).await {
+            Ok(report) if !report.changed.is_empty() => {
+                info!(removed = ?report.changed, "host network config removed");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, kind = e.kind(), "removing the host network config failed");
+                result = Err(e.to_string());
+            }
+        }
+    }
+    Done::Net {
+        event: Event::NetRemoved(result),
+        steps: Vec::new(),
+    }
+}
+
+async fn reconcile(net: &dyn HostNet, plan: &NetPlan) {
+    match net.reconcile(plan).await {
+        Ok(report) if !report.changed.is_empty() => {
+            warn!(repaired = ?report.changed, "host network drift repaired");
+        }
+        Ok(_) => debug!("host network config in place"),
+        Err(e) => {
+            warn!(error = %e, kind = e.kind(), "repairing the host network config failed")
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The daemon's own bookkeeping, driven directly: actions that need the ENI's description hand
+//! the describe to the cloud worker instead of awaiting it, wait for it in order, and answer the
+//! core through the loop's channel.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+
+use super::{CloudJob, Daemon, Done, NetJob, Workers};
+use crate::cloud::{CloudError, EniInfo};
+use crate::core::{Action, Event};
+use crate::hooks::HookRunner;
+use crate::peer::PeerLink;
+
+const CONFIG: &str = r#"
+[node]
+name = "node-a"
+
+[[peer]]
+name = "node-b"
+addresses = ["127.0.0.1:9"]
+
+[group]
+id = 7
+eni = "eni-0123456789abcdef0"
+
+[heartbeat]
+# Only to pass validation (port 0 is refused); the test binds its own socket on port 0.
+bind = "127.0.0.1:7946"
+"#;
+
+struct Ends {
+    cloud: UnboundedReceiver<CloudJob>,
+    net: UnboundedReceiver<NetJob>,
+    done: UnboundedReceiver<Done>,
+}
+
+fn daemon() -> (Daemon, Ends) {
+    let settings = crate::config::parse(CONFIG, Path::new("test.toml")).expect("test config");
+    let peer = PeerLink::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        7,
+        "node-a".into(),
+        vec![("node-b".into(), vec!["127.0.0.1:9".parse().expect("addr")])],
+        vec![7; 32],
+        Duration::from_secs(30),
+        1,
+    )
+    .expect("bind");
+    let (hooks, _) = HookRunner::spawn(settings.hooks.clone());
+    let (done_tx, done) = mpsc::unbounded_channel();
+    let (net_tx, net) = mpsc::unbounded_channel();
+    let (cloud_tx, cloud) = mpsc::unbounded_channel();
+    let workers = Workers {
+        net: Arc::new(crate::net::NoopNet),
+        net_tx,
+        cloud_tx,
+        done_tx,
+    };
+    let id = "i-0000000a".parse().expect("id");
+    let d = Daemon::new(settings, id, peer, hooks, workers);
+    (d, Ends { cloud, net, done })
+}
+
+fn eni() -> EniInfo {
+    EniInfo {
+        eni_id: "eni-0123456789abcdef0".parse().expect("eni"),
+        status: "in-use".into(),
+        attachment: None,
+        mac: "02:00:00:00:00:01".into(),
+        primary_ip: Ipv4Addr::new(198, 18, 1, 25),
+        secondary_ips: Vec::new(),
+        subnet_cidr: None,
+        availability_zone: None,
+    }
+}
+
+/// Runs a step of the daemon that must not wait for anything outside it.
+fn at_once(f: impl std::future::Future<Output = ()>) {
+    f.now_or_never()
+        .expect("the step completes without waiting for a worker");
+}
+
+#[tokio::test]
+async fn apply_without_a_description_is_answered_through_the_channel() {
+    let (mut d, mut ends) = daemon();
+    at_once(d.act(Action::ApplyNet));
+    assert!(matches!(
+        ends.cloud.try_recv(),
+        Ok(CloudJob::DescribeForPlan)
+    ));
+    assert!(
+        ends.done.try_recv().is_err(),
+        "no answer before the describe"
+    );
+    let failed = CloudError::new(crate::cloud::CloudErrorKind::Timeout, "describe timed out");
+    at_once(d.on_done(Done::Described(Err(failed))));
+    match ends.done.try_recv() {
+        Ok(Done::Net {
+            event: Event::NetApplied(Err(_)),
+            ..
+        }) => {}
+        _ => panic!("the failed apply comes back as a net result"),
+    }
+    assert!(
+        ends.net.try_recv().is_err(),
+        "nothing applied without a plan"
+    );
+    let tl = d.timeline.report().expect("an adopt timeline");
+    assert_eq!(tl.kind, "adopt");
+}
+
+#[tokio::test]
+async fn plan_uses_wait_for_one_describe_and_keep_their_order() {
+    let (mut d, mut ends) = daemon();
+    at_once(d.act(Action::ApplyNet));
+    at_once(d.act(Action::RemoveNet));
+    assert!(matches!(
+        ends.cloud.try_recv(),
+        Ok(CloudJob::DescribeForPlan)
+    ));
+    assert!(ends.cloud.try_recv().is_err(), "one describe for both");
+    at_once(d.on_done(Done::Described(Ok(eni()))));
+    assert!(matches!(ends.net.try_recv(), Ok(NetJob::Apply(_))));
+    assert!(matches!(ends.net.try_recv(), Ok(NetJob::Remove(p)) if p.len() == 1));
+    // Known now: the next use goes straight to the net worker.
+    at_once(d.act(Action::ApplyNet));
+    assert!(ends.cloud.try_recv().is_err());
+    assert!(matches!(ends.net.try_recv(), Ok(NetJob::Apply(_))));
+}
