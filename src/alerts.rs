@@ -37,6 +37,11 @@ pub fn log(alert: &Alert, rejected: &str) {
             detail = %detail,
             "this master's service checks fail: handing the ENI over to {to}"
         ),
+        Alert::MaintenanceNoPeer { reason } => warn!(
+            reason = %reason,
+            "this master is in maintenance but no healthy peer can take over: keeping the ENI \
+             until one can. Bring a peer up before taking this node down"
+        ),
         Alert::HealthChanged {
             healthy: true,
             detail,

@@ -396,6 +396,7 @@ fn attack(port: u16) {
             stopping_ms: 0,
             wants_master: false,
             healthy: true,
+            maintenance: false,
         },
     };
     let good = encode(&packet("node-b", 1, now_ms), &key).expect("encode");

@@ -58,8 +58,12 @@ prop_compose! {
         stopping_ms in any::<u32>(),
         wants_master in any::<bool>(),
         healthy in any::<bool>(),
+        maintenance in any::<bool>(),
     ) -> Advert {
-        Advert { role, priority, instance_id, holder, yield_msg, stopping_ms, wants_master, healthy }
+        Advert {
+            role, priority, instance_id, holder, yield_msg, stopping_ms, wants_master, healthy,
+            maintenance,
+        }
     }
 }
 

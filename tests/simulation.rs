@@ -367,6 +367,7 @@ fn config(i: usize, n: usize, prio: &[u8]) -> CoreConfig {
         handover_timeout: Duration::from_secs(5),
         retry_delay: Duration::from_millis(500),
         corroborate_fall: None,
+        maintenance: None,
     }
 }
 

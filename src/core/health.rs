@@ -82,6 +82,8 @@ pub enum Alert {
     Degraded { detail: String },
     /// This master's checks fail: handing the ENI to a healthy peer.
     HandingOverUnhealthy { to: String, detail: String },
+    /// This master is in maintenance but no healthy peer can take over yet: it keeps the ENI.
+    MaintenanceNoPeer { reason: String },
     /// This node's own checks changed state.
     HealthChanged { healthy: bool, detail: String },
 }
@@ -95,6 +97,7 @@ impl Alert {
             Alert::Degraded { .. } => "degraded",
             Alert::HandingOverUnhealthy { .. } => "handing-over-unhealthy",
             Alert::HealthChanged { .. } => "health-changed",
+            Alert::MaintenanceNoPeer { .. } => "maintenance-no-peer",
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct Node {
     alerts: AlertPacer,
     /// After a stall of this node's own loop, no peer is judged dead before this.
     judge_after: Time,
+    /// In maintenance (with the operator's reason): never claims, hands over as master.
+    maintenance: Option<String>,
 }
 
 impl Node {
@@ -100,6 +102,7 @@ impl Node {
             probe: ProbeHistory::default(),
             alerts: AlertPacer::default(),
             judge_after: now,
+            maintenance: cfg.maintenance.clone(),
             cfg,
         }
     }
@@ -147,6 +150,10 @@ impl Node {
 
     pub fn health(&self) -> &OwnHealth {
         &self.health
+    }
+
+    pub fn maintenance(&self) -> Option<&str> {
+        self.maintenance.as_deref()
     }
 
     pub fn probe(&self) -> &ProbeHistory {
@@ -227,6 +234,7 @@ impl Node {
             },
             wants_master: matches!(&self.state, State::Backup(b) if b.wants_master),
             healthy: self.health.healthy,
+            maintenance: self.maintenance.is_some(),
         }
     }
 
@@ -252,6 +260,12 @@ impl Node {
             Event::Stop { handover } => self.on_stop(handover, now, &mut out),
             Event::Health { healthy, detail } => self.on_health(healthy, detail, now, &mut out),
             Event::EniProbe { sent, ok } => self.probe.record(sent, ok),
+            Event::Maintenance {
+                on,
+                reason,
+                force,
+                token,
+            } => self.on_maintenance(on, reason, force, token, now, &mut out),
             Event::Stalled { gap } => {
                 // What arrived while this node was not running has just been drained: give each
                 // peer one more interval before judging it by a silence that may be ours.
@@ -406,6 +420,11 @@ impl Node {
         });
     }
 
+    /// Fit to hold the ENI: own checks pass and not in maintenance.
+    fn fit(&self) -> bool {
+        self.health.healthy && self.maintenance.is_none()
+    }
+
     /// Raises `alert` unless one of its kind was raised within [`ALERT_EVERY`].
     fn alert(&mut self, alert: Alert, now: Time, out: &mut Vec<Action>) {
         if self.alerts.due(&alert, now) {
@@ -462,9 +481,8 @@ impl Node {
 
     /// The best live candidate for the ENI among this node and its peers, `except` one.
     fn best_candidate(&self, now: Time, except: Option<&str>) -> Option<String> {
-        let me_ok = !matches!(self.state, State::Fault { .. })
-            && self.stopping.is_none()
-            && self.health.healthy;
+        let me_ok =
+            !matches!(self.state, State::Fault { .. }) && self.stopping.is_none() && self.fit();
         let me = me_ok.then_some((self.cfg.priority, self.cfg.name.as_str()));
         let best = match (me, self.peers.best(&self.cfg, now, except)) {
             (Some(m), Some(p)) if peers::better(p.0, p.1, m.0, m.1) => Some(p),

@@ -295,3 +295,78 @@ fn a_master_whose_checks_fail_without_a_healthy_peer_keeps_the_eni_degraded() {
     assert!(!a.is_degraded());
     assert_eq!(a.role(), Role::Master);
 }
+
+fn maintenance(n: &mut Node, on: bool, force: bool, at: u64) -> Vec<Action> {
+    n.handle(
+        Event::Maintenance {
+            on,
+            reason: "kernel update".into(),
+            force,
+            token: Some(5),
+        },
+        ms(at),
+    )
+}
+
+fn reply_of(out: &[Action]) -> Option<Result<String, String>> {
+    out.iter().find_map(|a| match a {
+        Action::Reply { token: 5, result } => Some(result.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_backup_in_maintenance_never_claims_and_its_peer_knows() {
+    let (a, mut b) = master_a(ms(100));
+    let out = maintenance(&mut b, true, false, 150);
+    assert!(matches!(reply_of(&out), Some(Ok(_))));
+    assert!(b.advert().maintenance);
+    assert!(claim_of(&b.handle(Event::Tick, ms(2000))).is_none(), "master dead, still no claim");
+    let out = maintenance(&mut b, false, false, 2100);
+    assert!(matches!(reply_of(&out), Some(Ok(_))));
+    assert!(claim_of(&out).is_some(), "out of maintenance it takes over");
+    let _ = a;
+}
+
+#[test]
+fn a_master_going_into_maintenance_hands_over_first_and_answers_when_done() {
+    let (mut a, mut b) = master_a(ms(100));
+    let out = maintenance(&mut a, true, false, 200);
+    assert!(reply_of(&out).is_none(), "answered when the handover is over");
+    assert!(matches!(a.advert().yield_msg, YieldMsg::Offer { ref to, .. } if to == "node-b"));
+    b.handle(heartbeat(&a, "node-a"), ms(210));
+    a.handle(heartbeat(&b, "node-b"), ms(220));
+    a.handle(Event::NetRemoved(Ok(())), ms(230));
+    a.handle(Event::ReleaseDone(Ok(())), ms(240));
+    b.handle(heartbeat(&a, "node-a"), ms(250));
+    b.handle(Event::ClaimDone(Ok(ClaimResult::Claimed)), ms(300));
+    let out = a.handle(heartbeat(&b, "node-b"), ms(310));
+    assert!(matches!(reply_of(&out), Some(Ok(_))));
+    assert_eq!(a.role(), Role::Backup);
+    assert_eq!(a.maintenance(), Some("kernel update"));
+    // b is master; a in maintenance is not a handover target for b.
+    let out = b.handle(
+        Event::YieldRequested {
+            token: 6,
+            timeout: Duration::from_secs(5),
+        },
+        ms(320),
+    );
+    let _ = out;
+    b.handle(heartbeat(&a, "node-a"), ms(330));
+    assert!(matches!(b.advert().yield_msg, YieldMsg::None));
+}
+
+#[test]
+fn maintenance_on_a_master_without_a_healthy_peer_is_refused_unless_forced() {
+    let mut a = node_a();
+    a.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    a.handle(Event::NetApplied(Ok(())), ms(20));
+    let out = maintenance(&mut a, true, false, 2000);
+    assert!(matches!(reply_of(&out), Some(Err(ref e)) if e.contains("--force")));
+    assert_eq!(a.maintenance(), None);
+    let out = maintenance(&mut a, true, true, 2100);
+    assert!(matches!(reply_of(&out), Some(Ok(_))));
+    assert_eq!(a.role(), Role::Master, "keeps the ENI: nobody else can serve");
+    assert!(!a.is_degraded(), "maintenance is not a failing check");
+}

@@ -350,6 +350,7 @@ pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig 
         handover_timeout: settings.stop.handover_timeout,
         retry_delay: Duration::from_secs(1),
         corroborate_fall: Supervisor::corroborate_fall(&settings.checks),
+        maintenance: None,
     }
 }
 

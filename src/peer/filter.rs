@@ -300,6 +300,7 @@ mod tests {
                 stopping_ms: 0,
                 wants_master: false,
                 healthy: true,
+                maintenance: false,
             },
         }
     }

@@ -448,6 +448,7 @@ mod tests {
             stopping_ms: 0,
             wants_master: false,
             healthy: true,
+            maintenance: false,
         }
     }
 
@@ -569,6 +570,7 @@ mod tests {
         let from_b = Advert {
             wants_master: true,
             healthy: true,
+            maintenance: false,
             yield_msg: YieldMsg::Accept {
                 id: 3,
                 to: "a".into(),

@@ -17,7 +17,8 @@
 //! role u8 | priority u8 | instance id string
 //! holder: tag u8 (0 unknown, 1 nobody, 2 instance + string)
 //! yield:  tag u8 (0 none, 1 offer, 2 accept, 3 reject, 4 released; 1-4 then id u32 + string)
-//! stopping_ms u32 | flags u8 (bit 0 wants_master, bit 1 unhealthy, the rest must be 0)
+//! stopping_ms u32 | flags u8 (bit 0 wants_master, bit 1 unhealthy, bit 2 maintenance, the rest
+//! must be 0)
 //! HMAC-SHA256 (32 bytes) over everything before it
 //! ```
 //!
@@ -64,6 +65,7 @@ const ECHO_NONCE_AT: usize = ECHO_LEN - MAC_LEN - 8;
 
 const FLAG_WANTS_MASTER: u8 = 0x01;
 const FLAG_UNHEALTHY: u8 = 0x02;
+const FLAG_MAINTENANCE: u8 = 0x04;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -307,6 +309,9 @@ pub(crate) fn encode_parts(h: &Header, a: &Advert, key: &[u8]) -> Result<Vec<u8>
     if !a.healthy {
         flags |= FLAG_UNHEALTHY;
     }
+    if a.maintenance {
+        flags |= FLAG_MAINTENANCE;
+    }
     out.push(flags);
 
     let mut mac = new_mac(key)?;
@@ -416,7 +421,7 @@ fn parse_heartbeat(body: &[u8]) -> Result<Packet, WireError> {
     };
     let stopping_ms = r.u32()?;
     let flags = r.u8()?;
-    if flags & !(FLAG_WANTS_MASTER | FLAG_UNHEALTHY) != 0 {
+    if flags & !(FLAG_WANTS_MASTER | FLAG_UNHEALTHY | FLAG_MAINTENANCE) != 0 {
         return Err(WireError::Malformed("reserved flag bits set"));
     }
     if !r.buf.is_empty() {
@@ -433,6 +438,7 @@ fn parse_heartbeat(body: &[u8]) -> Result<Packet, WireError> {
             stopping_ms,
             wants_master: flags & FLAG_WANTS_MASTER != 0,
             healthy: flags & FLAG_UNHEALTHY == 0,
+            maintenance: flags & FLAG_MAINTENANCE != 0,
         },
     })
 }
@@ -612,6 +618,7 @@ mod tests {
             stopping_ms: 5000,
             wants_master: true,
             healthy: false,
+            maintenance: true,
         }
     }
 
@@ -688,6 +695,7 @@ mod tests {
                                 yield_msg: y.clone(),
                                 wants_master,
                                 healthy: !wants_master,
+                                maintenance: wants_master,
                                 stopping_ms: u32::MAX,
                                 ..advert()
                             },
@@ -819,7 +827,7 @@ mod tests {
 
         let mut b = base.clone();
         let last = b.len() - 1;
-        b[last] |= 0x04;
+        b[last] |= 0x08;
         assert_eq!(
             decode(&resign(b), KEY).unwrap_err(),
             WireError::Malformed("reserved flag bits set")
