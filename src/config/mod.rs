@@ -62,6 +62,9 @@ pub struct NodeSettings {
     pub priority: u8,
     /// Overrides the instance id from instance metadata.
     pub instance_id: Option<InstanceId>,
+    /// Where state that outlives a restart is kept (maintenance mode); the unit's
+    /// `StateDirectory=` creates the default.
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]

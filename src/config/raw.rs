@@ -69,6 +69,7 @@ pub struct RawNode {
     pub name: Option<String>,
     pub priority: Option<i64>,
     pub instance_id: Option<String>,
+    pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,6 +15,7 @@ use crate::ids::{EniId, InstanceId};
 
 const DEFAULT_PORT: u16 = 7460;
 const DEFAULT_KEY_FILE: &str = "/etc/enipeer/peer.key";
+const DEFAULT_STATE_DIR: &str = "/var/lib/enipeer";
 use super::DEFAULT_SOCKET;
 /// Longest node name: it travels in every heartbeat.
 const MAX_NAME_LEN: usize = 32;
@@ -210,6 +211,21 @@ fn looks_like_region(s: &str) -> bool {
         && last.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// `node.state-dir`: an absolute path (the daemon's working directory is not one to rely on).
+fn state_dir(c: &mut Checker, value: Option<&str>) -> PathBuf {
+    let dir = PathBuf::from(value.unwrap_or(DEFAULT_STATE_DIR));
+    if !dir.is_absolute() {
+        c.push(
+            "node.state-dir",
+            format!(
+                "{:?} is not an absolute path: give one, e.g. \"{DEFAULT_STATE_DIR}\"",
+                dir
+            ),
+        );
+    }
+    dir
+}
+
 fn missing_table(c: &mut Checker, failed: &BTreeSet<&'static str>, name: &'static str) {
     if !failed.contains(name) {
         c.push(name, format!("missing required table [{name}]"));
@@ -237,6 +253,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
             "(higher wins elections)",
         ),
         instance_id: c.instance_id("node.instance-id", n.instance_id.as_deref()),
+        state_dir: state_dir(&mut c, n.state_dir.as_deref()),
     });
 
     // [heartbeat] comes before the peers: it supplies their default port.

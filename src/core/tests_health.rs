@@ -321,7 +321,10 @@ fn a_backup_in_maintenance_never_claims_and_its_peer_knows() {
     let out = maintenance(&mut b, true, false, 150);
     assert!(matches!(reply_of(&out), Some(Ok(_))));
     assert!(b.advert().maintenance);
-    assert!(claim_of(&b.handle(Event::Tick, ms(2000))).is_none(), "master dead, still no claim");
+    assert!(
+        claim_of(&b.handle(Event::Tick, ms(2000))).is_none(),
+        "master dead, still no claim"
+    );
     let out = maintenance(&mut b, false, false, 2100);
     assert!(matches!(reply_of(&out), Some(Ok(_))));
     assert!(claim_of(&out).is_some(), "out of maintenance it takes over");
@@ -332,7 +335,10 @@ fn a_backup_in_maintenance_never_claims_and_its_peer_knows() {
 fn a_master_going_into_maintenance_hands_over_first_and_answers_when_done() {
     let (mut a, mut b) = master_a(ms(100));
     let out = maintenance(&mut a, true, false, 200);
-    assert!(reply_of(&out).is_none(), "answered when the handover is over");
+    assert!(
+        reply_of(&out).is_none(),
+        "answered when the handover is over"
+    );
     assert!(matches!(a.advert().yield_msg, YieldMsg::Offer { ref to, .. } if to == "node-b"));
     b.handle(heartbeat(&a, "node-a"), ms(210));
     a.handle(heartbeat(&b, "node-b"), ms(220));
@@ -367,6 +373,10 @@ fn maintenance_on_a_master_without_a_healthy_peer_is_refused_unless_forced() {
     assert_eq!(a.maintenance(), None);
     let out = maintenance(&mut a, true, true, 2100);
     assert!(matches!(reply_of(&out), Some(Ok(_))));
-    assert_eq!(a.role(), Role::Master, "keeps the ENI: nobody else can serve");
+    assert_eq!(
+        a.role(),
+        Role::Master,
+        "keeps the ENI: nobody else can serve"
+    );
     assert!(!a.is_degraded(), "maintenance is not a failing check");
 }

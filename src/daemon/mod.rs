@@ -16,6 +16,7 @@
 mod actions;
 mod cloud_worker;
 mod health;
+mod maintenance;
 mod net_worker;
 mod plan;
 mod report;
@@ -350,7 +351,7 @@ pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig 
         handover_timeout: settings.stop.handover_timeout,
         retry_delay: Duration::from_secs(1),
         corroborate_fall: Supervisor::corroborate_fall(&settings.checks),
-        maintenance: None,
+        maintenance: maintenance::load(&settings.node.state_dir),
     }
 }
 

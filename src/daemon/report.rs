@@ -45,6 +45,7 @@ impl Daemon {
                 .filter(|(k, _)| !matches!(k.as_str(), "accepted" | "sent"))
                 .collect(),
             health: self.health_report(now),
+            maintenance: self.node.maintenance().map(str::to_string),
         }
     }
 
@@ -87,6 +88,7 @@ impl Daemon {
                     .map(|h| now.saturating_sub(h).as_millis() as u64),
                 alive: self.node.is_alive(&p.name, now),
                 healthy: p.advert.as_ref().map(|a| a.healthy),
+                maintenance: p.advert.as_ref().map(|a| a.maintenance),
             })
             .collect()
     }

@@ -108,6 +108,25 @@ impl Daemon {
                 })
                 .await;
             }
+            Request::Maintenance {
+                on,
+                reason,
+                force,
+                timeout_ms: _,
+            } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.pending_yields.insert(token, inc.reply);
+                info!(on, %reason, force, "maintenance requested");
+                let event = Event::Maintenance {
+                    on,
+                    reason,
+                    force,
+                    token: Some(token),
+                };
+                self.feed(event).await;
+                self.persist_maintenance();
+            }
         }
     }
 }

@@ -403,6 +403,7 @@ pub fn settings(
             name: "node-a".into(),
             priority: 100,
             instance_id: Some(me.clone()),
+            state_dir: std::env::temp_dir(),
         },
         peers: vec![PeerSettings {
             name: "node-b".into(),
