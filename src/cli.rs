@@ -53,7 +53,8 @@ pub enum Command {
         /// Config file.
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
-        /// Also check the cloud side: the ENI, its AZ, IAM permissions (DryRun), the peers.
+        /// Also check the cloud side (the ENI, its AZ, IAM permissions by DryRun) and every peer
+        /// (an authenticated echo to each address: key, group id, port). Exits 1 if any fails.
         #[arg(long)]
         preflight: bool,
     },
@@ -128,7 +129,13 @@ pub fn main() -> i32 {
         Command::Check { config, preflight } => match config::check_command(&config) {
             (crate::exit::OK, Some(settings)) if preflight => {
                 println!("preflight:");
-                crate::cloud::ec2::preflight_command(&settings)
+                let cloud = crate::cloud::ec2::preflight_command(&settings);
+                let peers = crate::peer::preflight::preflight_command(&settings);
+                if cloud != crate::exit::OK {
+                    cloud
+                } else {
+                    peers
+                }
             }
             (code, _) => code,
         },

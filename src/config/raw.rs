@@ -106,6 +106,7 @@ pub struct RawHeartbeat {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RawAuth {
     pub key_file: Option<String>,
+    pub previous_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

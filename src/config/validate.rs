@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use humantime::format_duration;
@@ -27,6 +27,7 @@ const MAX_IFNAME_LEN: usize = 15;
 pub(crate) struct Validated {
     pub settings: Option<Settings>,
     pub key_file: Option<PathBuf>,
+    pub previous_key_file: Option<PathBuf>,
     pub problems: Vec<Problem>,
 }
 
@@ -293,15 +294,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
     };
 
     // [auth]
-    let key_file = match raw.auth.as_ref().and_then(|a| a.key_file.as_deref()) {
-        Some("") => {
-            c.push("auth.key-file", "must not be empty");
-            None
-        }
-        Some(p) => Some(PathBuf::from(p)),
-        None if failed.contains("auth") => None,
-        None => Some(PathBuf::from(DEFAULT_KEY_FILE)),
-    };
+    let (key_file, previous_key_file) = auth(&mut c, raw.auth.as_ref(), failed);
 
     let aws = aws(&mut c, raw.aws.as_ref().unwrap_or(&RawAws::default()));
     let network = network(
@@ -359,7 +352,10 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
                 peers,
                 group,
                 heartbeat,
-                auth: AuthSettings { key_file },
+                auth: AuthSettings {
+                    key_file,
+                    previous_key_file: previous_key_file.clone(),
+                },
                 aws,
                 network,
                 hooks,
@@ -381,8 +377,47 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
     Validated {
         settings,
         key_file,
+        previous_key_file,
         problems: c.problems,
     }
+}
+
+/// The key file (`None` when unusable) and, during a rotation, the previous key's file.
+fn auth(
+    c: &mut Checker,
+    a: Option<&RawAuth>,
+    failed: &BTreeSet<&'static str>,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    let key_file = match a.and_then(|a| a.key_file.as_deref()) {
+        Some("") => {
+            c.push("auth.key-file", "must not be empty");
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+        None if failed.contains("auth") => None,
+        None => Some(PathBuf::from(DEFAULT_KEY_FILE)),
+    };
+    let previous_key_file = match a.and_then(|a| a.previous_key_file.as_deref()) {
+        Some("") => {
+            c.push(
+                "auth.previous-key-file",
+                "must not be empty (leave it out when not rotating)",
+            );
+            None
+        }
+        // Only the same spelling is caught here; two names for one file, or two files with the
+        // same key, are caught when the keys are read (`load`).
+        Some(p) if key_file.as_deref() == Some(Path::new(p)) => {
+            c.push(
+                "auth.previous-key-file",
+                "names the same file as auth.key-file; during a rotation it is the old key's file",
+            );
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+        None => None,
+    };
+    (key_file, previous_key_file)
 }
 
 fn secs(n: u64) -> Duration {

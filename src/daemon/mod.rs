@@ -91,8 +91,7 @@ pub struct Parts {
 
 /// Builds the adapters the config asks for and runs until stopped.
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
-    let key =
-        crate::config::keyfile::read_key(&settings.auth.key_file).map_err(DaemonError::Key)?;
+    let key = crate::config::keyfile::read_keys(&settings.auth).map_err(DaemonError::Key)?;
     let peers = settings
         .peers
         .iter()

@@ -438,6 +438,7 @@ pub fn settings(
         },
         auth: AuthSettings {
             key_file: PathBuf::from("/nonexistent/key"),
+            previous_key_file: None,
         },
         aws: aws_settings(endpoint, Duration::from_secs(5)),
         network: NetworkSettings {
