@@ -42,7 +42,7 @@ impl Daemon {
                 .peer
                 .counters()
                 .into_iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "accepted" | "sent"))
+                .filter(|(k, _)| !k.starts_with("accepted") && k != "sent")
                 .collect(),
             health: self.health_report(now),
             maintenance: self.node.maintenance().map(str::to_string),
