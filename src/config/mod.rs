@@ -9,6 +9,7 @@ mod check;
 mod document;
 pub mod keyfile;
 pub mod raw;
+mod reload;
 mod validate;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub use check::{
     CheckHost, CheckSettings, ExecProbe, HttpProbe, ProbeSpec, StatusRange, TcpProbe,
     DEFAULT_HTTP_PORT, MAX_CHECKS,
 };
+pub use reload::live_changes;
 
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/enipeer/enipeer.toml";

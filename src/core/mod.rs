@@ -117,6 +117,19 @@ impl Node {
         self.handle(Event::Tick, now)
     }
 
+    /// A reload: the settings that can change live (timings, priority, preempt, hold-down, stop)
+    /// take effect; the role and everything it carries stay. Identity and peers cannot change
+    /// live (the config reload refuses that before it gets here), so they are kept.
+    pub fn reconfigure(&mut self, cfg: CoreConfig, now: Time) -> Vec<Action> {
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        self.cfg.name = old.name;
+        self.cfg.instance_id = old.instance_id;
+        self.cfg.peers = old.peers;
+        // Peers learn a new priority at once rather than at the next interval.
+        self.next_heartbeat = now;
+        self.handle(Event::Tick, now)
+    }
+
     pub fn role(&self) -> Role {
         self.state.role()
     }

@@ -417,3 +417,19 @@ fn a_hold_down_and_a_fault_are_told() {
         .iter()
         .any(|x| matches!(x, Alert::FaultEntered { .. })));
 }
+
+#[test]
+fn a_reload_changes_priority_and_timings_without_a_role_change() {
+    let (mut a, _b) = master_a(ms(100));
+    let mut cfg = a.config().clone();
+    cfg.priority = 200;
+    cfg.dead_interval = Duration::from_secs(3);
+    cfg.name = "renamed".into();
+    let out = a.reconfigure(cfg, ms(150));
+    assert_eq!(a.role(), Role::Master);
+    assert!(!out.iter().any(|x| matches!(x, Action::Transitioned { .. })));
+    assert!(out.contains(&Action::SendHeartbeat));
+    assert_eq!(a.advert().priority, 200);
+    assert_eq!(a.config().dead_interval, Duration::from_secs(3));
+    assert_eq!(a.config().name, "node-a", "identity is not reloaded");
+}
