@@ -89,6 +89,8 @@ pub enum Mark {
     ReleaseStarted,
     Released,
     NetApplied,
+    /// The on-master hook was started (only ever after `NetApplied`).
+    HooksStarted,
     HooksDone,
 }
 
@@ -101,6 +103,7 @@ impl Mark {
             Mark::ReleaseStarted => "release started",
             Mark::Released => "released",
             Mark::NetApplied => "host network applied",
+            Mark::HooksStarted => "hooks started",
             Mark::HooksDone => "hooks done",
         }
     }

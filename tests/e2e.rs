@@ -193,6 +193,13 @@ fn lab_agent_config_is_the_shipped_example_with_overrides() {
             i64::from(s.network.route_table),
             example_int("network", "route-table")
         );
+        // Tables the lab does not touch (the example's [[check]]s) are carried over as they are.
+        let example_checks = support::agent_config::EXAMPLE
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("check").and_then(|c| c.as_array()).map(Vec::len))
+            .unwrap_or(0);
+        assert_eq!(s.checks.len(), example_checks);
     }
 }
 

@@ -263,6 +263,7 @@ mod tests {
                 "completions/enipeer.fish",
                 "man/enipeer-check.1",
                 "man/enipeer-keygen.1",
+                "man/enipeer-maintenance.1",
                 "man/enipeer-role.1",
                 "man/enipeer-run.1",
                 "man/enipeer-yield.1",

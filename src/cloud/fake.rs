@@ -175,6 +175,9 @@ impl FileCloud {
 impl Cloud for FileCloud {
     fn identity(&self) -> BoxFuture<'_, Result<Identity, CloudError>> {
         Box::pin(async move {
+            // Like instance metadata early in a boot, the fake cloud can be unreachable: a
+            // missing state file fails here, retryably.
+            self.with_state(|_| Ok(()))?;
             Ok(Identity {
                 instance_id: self.instance.clone(),
                 region: Some("lab-1".into()),

@@ -170,7 +170,7 @@ fn example_config_mentions_every_key() {
                 "max-clock-skew",
             ],
         ),
-        ("[auth]", &["key-file"]),
+        ("[auth]", &["key-file", "previous-key-file"]),
         (
             "[aws]",
             &[
@@ -196,7 +196,14 @@ fn example_config_mentions_every_key() {
         ),
         (
             "[hooks]",
-            &["timeout", "on-master", "on-backup", "on-fault", "on-stop"],
+            &[
+                "timeout",
+                "on-master",
+                "on-backup",
+                "on-fault",
+                "on-stop",
+                "on-event",
+            ],
         ),
         ("[control]", &["socket", "group"]),
         ("[stop]", &["mode", "restart-grace", "handover-timeout"]),
@@ -507,6 +514,16 @@ fn each_rule_names_its_key() {
         (
             Cfg::minimal().set("[auth]", "key-file", "\"\""),
             "auth.key-file",
+        ),
+        (
+            Cfg::minimal().set("[auth]", "previous-key-file", "\"\""),
+            "auth.previous-key-file",
+        ),
+        (
+            Cfg::minimal()
+                .set("[auth]", "key-file", "\"/etc/enipeer/new.key\"")
+                .set("[auth]", "previous-key-file", "\"/etc/enipeer/new.key\""),
+            "auth.previous-key-file",
         ),
         (
             Cfg::minimal().set("[aws]", "region", "\"us-east\""),
@@ -874,6 +891,51 @@ fn load_checks_the_key_file() {
     let err = load(&dir.path().join("absent.toml")).unwrap_err();
     assert!(err.io.is_some());
     assert_eq!(err.count(), 1);
+}
+
+#[test]
+fn load_checks_the_previous_key_file_like_the_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("peer.key");
+    let old = dir.path().join("peer.key.old");
+    keyfile::write_new_key(&key, false).unwrap();
+    let config = dir.path().join("enipeer.toml");
+    let body = EXAMPLE.replace("/etc/enipeer/peer.key", key.to_str().unwrap());
+    let body = body.replace(
+        "\nkey-file = ",
+        &format!(
+            "\nprevious-key-file = {:?}\nkey-file = ",
+            old.to_str().unwrap()
+        ),
+    );
+    std::fs::write(&config, body).unwrap();
+
+    let err = load(&config).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].key, "auth.previous-key-file");
+    assert!(err.problems[0].line.is_some());
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    keyfile::write_new_key(&old, false).unwrap();
+    let s = load(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.auth.previous_key_file.as_deref(), Some(old.as_path()));
+    assert!(s.summary().contains("also accepting"), "{}", s.summary());
+    let keys = keyfile::read_keys(&s.auth).unwrap();
+    assert!(keys.has_previous());
+
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let err = load(&config).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].key, "auth.previous-key-file");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+
+    // The same key under two names: the rotation was never started.
+    std::fs::copy(&key, &old).unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = load(&config).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(err.to_string().contains("same key"), "{err}");
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub(super) struct Master {
     pub degraded: bool,
     /// No new handover for failing checks before this (one per handover timeout).
     pub next_health_handover: Time,
+    /// The on-master hook's reason, until the host network is applied and the hook started.
+    pub pending_hook: Option<String>,
 }
 
 impl Master {
@@ -70,6 +72,7 @@ impl Master {
             handover: None,
             degraded: false,
             next_health_handover: Time::ZERO,
+            pending_hook: None,
         }
     }
 }

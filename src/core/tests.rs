@@ -96,17 +96,28 @@ fn adopts_an_eni_already_attached_here_without_claiming() {
     );
     assert!(!out.contains(&Action::Release));
     assert!(out.contains(&Action::ApplyNet));
-    assert!(has(&out, |a| matches!(
-        a,
-        Action::RunHooks {
-            kind: HookKind::Master,
-            ..
-        }
-    )));
+    let master_hook = |out: &[Action]| {
+        has(out, |a| {
+            matches!(
+                a,
+                Action::RunHooks {
+                    kind: HookKind::Master,
+                    ..
+                }
+            )
+        })
+    };
+    assert!(
+        !master_hook(&out),
+        "the on-master hook waits for the address to exist: {out:?}"
+    );
     assert!(transitioned_to(&out, Role::Master).is_some_and(|r| r.contains("adopted")));
     assert!(!a.is_serving());
-    a.handle(Event::NetApplied(Ok(())), ms(6));
+    let out = a.handle(Event::NetApplied(Ok(())), ms(6));
     assert!(a.is_serving());
+    assert!(master_hook(&out), "hook once the host network is applied");
+    // Exactly once: a later re-apply (drift repair) does not restart the service again.
+    assert!(!master_hook(&a.handle(Event::NetApplied(Ok(())), ms(7))));
 }
 
 #[test]
@@ -715,4 +726,24 @@ fn starting_as_backup_clears_host_config_left_by_an_earlier_run() {
     let out = b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
     assert_eq!(b.role(), Role::Backup);
     assert!(out.contains(&Action::RemoveNet));
+}
+
+#[test]
+fn a_master_that_cannot_apply_its_host_network_never_starts_the_master_hook() {
+    let mut a = node_a();
+    a.start(ms(0));
+    let mut all = a.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    for (t, tick) in [(20, 1020), (1030, 2030)] {
+        all.extend(a.handle(Event::NetApplied(Err("no link".into())), ms(t)));
+        all.extend(a.handle(Event::Tick, ms(tick)));
+    }
+    all.extend(a.handle(Event::NetApplied(Err("no link".into())), ms(2040)));
+    assert_eq!(a.role(), Role::Releasing);
+    assert!(!has(&all, |x| matches!(
+        x,
+        Action::RunHooks {
+            kind: HookKind::Master,
+            ..
+        }
+    )));
 }

@@ -102,7 +102,7 @@ impl Daemon {
             .peer
             .counters()
             .into_iter()
-            .filter(|(k, n)| *n > 0 && !matches!(k.as_str(), "accepted" | "sent"))
+            .filter(|(k, n)| *n > 0 && !k.starts_with("accepted") && k != "sent")
             .map(|(reason, n)| format!("{reason}={n}"))
             .collect();
         if parts.is_empty() {

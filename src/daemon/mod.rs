@@ -16,11 +16,13 @@
 mod actions;
 mod cloud_worker;
 mod health;
+mod maintenance;
 mod net_worker;
 mod plan;
 mod report;
 mod results;
 mod signals;
+mod startup;
 #[cfg(test)]
 mod tests;
 
@@ -83,23 +85,13 @@ pub struct Parts {
     pub cloud: Arc<dyn Cloud>,
     pub net: Arc<dyn HostNet>,
     pub peer: PeerLink,
-    pub control: tokio::net::UnixListener,
+    pub control: startup::ControlEnds,
     pub instance_id: InstanceId,
 }
 
 /// Builds the adapters the config asks for and runs until stopped.
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
-    let key =
-        crate::config::keyfile::read_key(&settings.auth.key_file).map_err(DaemonError::Key)?;
-    let cloud: Arc<dyn Cloud> = build_cloud(&settings).await?;
-    let identity = cloud.identity().await.map_err(DaemonError::Cloud)?;
-    info!(
-        instance = %identity.instance_id,
-        region = identity.region.as_deref().unwrap_or("?"),
-        az = identity.availability_zone.as_deref().unwrap_or("?"),
-        "identity"
-    );
-    let net = build_net(&settings)?;
+    let key = crate::config::keyfile::read_keys(&settings.auth).map_err(DaemonError::Key)?;
     let peers = settings
         .peers
         .iter()
@@ -115,8 +107,25 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         crate::peer::random_incarnation(),
     )
     .map_err(DaemonError::Peer)?;
-    let control = control::bind(&settings.control.socket, settings.control.group.as_deref())
+    let listener = control::bind(&settings.control.socket, settings.control.group.as_deref())
         .map_err(DaemonError::Control)?;
+    let mut control = startup::serve_control(listener);
+    let mut shutdown = shutdown_signals().map_err(DaemonError::Signal)?;
+    // Ready once the sockets are bound: the cloud may take a while at boot, and systemd must
+    // not kill a daemon that is only waiting for it.
+    signals::sd_notify("READY=1\nSTATUS=waiting for the cloud");
+    let Some((cloud, identity)) =
+        startup::wait_for_cloud(&settings, &mut control, &mut shutdown).await?
+    else {
+        return Ok(());
+    };
+    info!(
+        instance = %identity.instance_id,
+        region = identity.region.as_deref().unwrap_or("?"),
+        az = identity.availability_zone.as_deref().unwrap_or("?"),
+        "identity"
+    );
+    let net = build_net(&settings)?;
     let parts = Parts {
         settings,
         cloud,
@@ -125,7 +134,6 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         control,
         instance_id: identity.instance_id,
     };
-    let shutdown = shutdown_signals().map_err(DaemonError::Signal)?;
     run_with(parts, shutdown).await;
     Ok(())
 }
@@ -181,6 +189,12 @@ enum Done {
         event: Event,
         steps: Vec<Step>,
     },
+    /// What a removal (or a cleanup) left on the host: the `tried` plans were removed again,
+    /// the `failed` ones are still (partly) there, with why.
+    Leftovers {
+        tried: Vec<NetPlan>,
+        failed: Vec<(NetPlan, String)>,
+    },
     /// From the link watch while master.
     LinkGone,
     Drift,
@@ -208,6 +222,9 @@ struct Daemon {
     /// The plan last sent to be applied: what a removal must take away even if the ENI's
     /// description changed since.
     applied: Option<NetPlan>,
+    /// Plans whose removal failed, with the last error: removed again on each reconcile tick
+    /// while this node does not serve, until the host is clean; `role` lists them.
+    leftovers: Vec<(NetPlan, String)>,
     /// Uses of the plan waiting, in order, for the describe in flight (`describing`).
     plan_waiting: Vec<PlanUse>,
     describing: bool,
@@ -253,7 +270,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         cloud,
         net,
         peer,
-        control: listener,
+        control,
         instance_id,
     } = parts;
     let (done_tx, done) = mpsc::unbounded_channel();
@@ -267,11 +284,11 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         done_tx.clone(),
     ));
     let (hooks, hook_reports) = HookRunner::spawn(settings.hooks.clone());
-    let (ctl_tx, ctl_rx) = mpsc::channel::<Incoming>(16);
-    let (ctl_stop_tx, ctl_stop_rx) = oneshot::channel::<()>();
-    let control_task = tokio::spawn(control::serve(listener, ctl_tx, async move {
-        let _ = ctl_stop_rx.await;
-    }));
+    let startup::ControlEnds {
+        requests: ctl_rx,
+        stop: ctl_stop_tx,
+        task: control_task,
+    } = control;
     let (stop_tx, stop_decided) = mpsc::channel::<bool>(1);
     let mut reconcile = tokio::time::interval(settings.network.reconcile_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -343,6 +360,7 @@ pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig 
         handover_timeout: settings.stop.handover_timeout,
         retry_delay: Duration::from_secs(1),
         corroborate_fall: Supervisor::corroborate_fall(&settings.checks),
+        maintenance: maintenance::load(&settings.node.state_dir),
     }
 }
 
@@ -379,6 +397,7 @@ impl Daemon {
             instance_id,
             eni: None,
             applied: None,
+            leftovers: Vec::new(),
             plan_waiting: Vec::new(),
             describing: false,
             pending_yields: HashMap::new(),
