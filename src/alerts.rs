@@ -22,10 +22,11 @@ pub fn log(alert: &Alert, rejected: &str) {
             peer = %peer,
             since_start_ms = since_start.as_millis() as u64,
             rejected = %rejected,
-            "never heard an authenticated heartbeat from {peer}, which holds the ENI, and no \
-             check corroborates that it is down: no forced takeover. A bad-mac rejection means the \
-             keys differ; unknown-group means group.id differs; stale means clock skew; none means \
-             the port is closed. Add a [[check]] so a dead holder can still be replaced"
+            "never heard an authenticated heartbeat from {peer}, which holds the ENI: no forced \
+             takeover unless a check shows its service down. Rejected packets say why: bad-mac \
+             means the key files differ (a key mismatch), unknown-group means group.id differs, \
+             stale means clock skew; none at all means the heartbeat port is closed (security \
+             group, firewall) or the peer's agent is down. `enipeer check --preflight` tells"
         ),
         Alert::Degraded { detail } => warn!(
             detail = %detail,

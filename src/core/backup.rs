@@ -120,9 +120,17 @@ impl Node {
             Verdict::Uncorroborated => format!("{holder} silent for {} ms", silent.as_millis()),
             Verdict::ServiceUp => {
                 self.set_silent_but_serving(Some(holder.clone()));
-                let alert = Alert::PeerSilentServiceUp {
-                    peer: holder,
-                    silent,
+                // Never heard at all points at the setup (a key, a port), not at the peer.
+                let alert = if never_heard {
+                    Alert::PeerNeverHeard {
+                        peer: holder,
+                        since_start: silent,
+                    }
+                } else {
+                    Alert::PeerSilentServiceUp {
+                        peer: holder,
+                        silent,
+                    }
                 };
                 return self.alert(alert, now, out);
             }

@@ -433,3 +433,17 @@ fn a_reload_changes_priority_and_timings_without_a_role_change() {
     assert_eq!(a.config().dead_interval, Duration::from_secs(3));
     assert_eq!(a.config().name, "node-a", "identity is not reloaded");
 }
+
+#[test]
+fn a_holder_never_heard_but_serving_is_reported_as_a_setup_problem() {
+    let mut b = corroborated(super::tests::node_b());
+    b.start(ms(0));
+    b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    probe(&mut b, 900, true);
+    let out = b.handle(Event::Tick, ms(1100));
+    assert!(claim_of(&out).is_none());
+    assert!(alerts(&out)
+        .iter()
+        .any(|x| matches!(x, Alert::PeerNeverHeard { peer, .. } if peer == "node-a")));
+    assert_eq!(b.silent_but_serving(), Some("node-a"));
+}
