@@ -87,13 +87,14 @@ impl Range {
             Range::Int(lo, hi) => Some(format!("{lo}..={hi}")),
             Range::AtLeast(min) => Some(format!("at least {min}")),
             Range::NonZero => Some("longer than zero".to_owned()),
-            Range::OneOf(choices) => Some(
+            Range::OneOf(choices) => Some(format!(
+                "one of {}",
                 choices
                     .iter()
                     .map(|c| format!("\"{c}\""))
                     .collect::<Vec<_>>()
-                    .join(", "),
-            ),
+                    .join(", ")
+            )),
         }
     }
 }
