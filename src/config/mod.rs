@@ -8,6 +8,7 @@
 mod check;
 mod document;
 pub mod keyfile;
+pub mod keys;
 pub mod raw;
 mod reload;
 mod validate;
