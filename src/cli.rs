@@ -210,7 +210,7 @@ fn run(path: &Path) -> i32 {
             return crate::exit::SOFTWARE;
         }
     };
-    match rt.block_on(crate::daemon::run(settings)) {
+    match rt.block_on(crate::daemon::run(settings, Some(path.to_path_buf()))) {
         Ok(()) => crate::exit::OK,
         Err(e) => {
             tracing::error!(kind = e.kind(), "{}", error_chain(&e));

@@ -279,9 +279,13 @@ const MAIN_SECTIONS: &[(&str, &[(&str, &str)])] = &[
             ),
             (
                 "`SIGHUP`",
-                "Not a reload yet: the signal's default action ends the daemon at once, without \
-                 the stop above. To apply a changed config, run `enipeer check` and then \
-                 `systemctl restart enipeer` (a master keeps the ENI across it).",
+                "Reload (`systemctl reload enipeer`): the config file is read and validated as \
+                 `enipeer check` does; timings, priority, preempt, the hold-down, stop \
+                 behaviour and hooks change at once without a role change, and the key files \
+                 are re-read (key rotation). A file that is invalid, or that changes what cannot \
+                 change live (node name, peers, group id, ENI, bind address, network, checks, \
+                 control socket), is refused whole with messages naming each key, and the \
+                 daemon runs on with the old config.",
             ),
         ],
     ),

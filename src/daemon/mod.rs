@@ -19,6 +19,7 @@ mod health;
 mod maintenance;
 mod net_worker;
 mod plan;
+mod reload;
 mod report;
 mod results;
 mod signals;
@@ -82,6 +83,10 @@ impl DaemonError {
 /// Everything the loop needs from outside, so tests can inject fakes and pre-bound sockets.
 pub struct Parts {
     pub settings: Settings,
+    /// Where `settings` came from, re-read on SIGHUP (`None`: reloads are refused).
+    pub config_path: Option<std::path::PathBuf>,
+    /// SIGHUP, as reload requests.
+    pub reloads: mpsc::Receiver<()>,
     pub cloud: Arc<dyn Cloud>,
     pub net: Arc<dyn HostNet>,
     pub peer: PeerLink,
@@ -90,7 +95,10 @@ pub struct Parts {
 }
 
 /// Builds the adapters the config asks for and runs until stopped.
-pub async fn run(settings: Settings) -> Result<(), DaemonError> {
+pub async fn run(
+    settings: Settings,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<(), DaemonError> {
     let key = crate::config::keyfile::read_keys(&settings.auth).map_err(DaemonError::Key)?;
     let peers = settings
         .peers
@@ -111,6 +119,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         .map_err(DaemonError::Control)?;
     let mut control = startup::serve_control(listener);
     let mut shutdown = shutdown_signals().map_err(DaemonError::Signal)?;
+    // Early, so that a SIGHUP while waiting for the cloud does not end the daemon.
+    let reloads = reload::reload_signals()?;
     // Ready once the sockets are bound: the cloud may take a while at boot, and systemd must
     // not kill a daemon that is only waiting for it.
     signals::sd_notify("READY=1\nSTATUS=waiting for the cloud");
@@ -128,6 +138,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let net = build_net(&settings)?;
     let parts = Parts {
         settings,
+        config_path,
+        reloads,
         cloud,
         net,
         peer,
@@ -234,6 +246,8 @@ struct Daemon {
     exit: bool,
     /// The service checks, when any are configured.
     checks: Option<Supervisor>,
+    /// The file the settings came from, re-read on SIGHUP.
+    config_path: Option<std::path::PathBuf>,
 }
 
 /// What woke the loop.
@@ -244,6 +258,7 @@ enum Wake {
     Control(Incoming),
     Hooks(HookReport),
     Check(CheckReport),
+    Reload,
     Reconcile,
     Stop(Option<StopRequest>),
     StopDecided(bool),
@@ -261,12 +276,15 @@ struct Inbox {
     stop_tx: mpsc::Sender<bool>,
     reconcile: tokio::time::Interval,
     checks: mpsc::Receiver<CheckReport>,
+    reloads: mpsc::Receiver<()>,
 }
 
 /// The loop proper, with injected parts; returns when the core says the stop is complete.
 pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     let Parts {
         settings,
+        config_path,
+        reloads,
         cloud,
         net,
         peer,
@@ -305,6 +323,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         )
     });
     let mut inbox = Inbox {
+        reloads,
         checks: checks_rx,
         done,
         control: ctl_rx,
@@ -322,6 +341,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     };
     let mut d = Daemon::new(settings, instance_id, peer, hooks, workers);
     d.checks = checks;
+    d.config_path = config_path;
     d.serve(&mut inbox).await;
     // Let the stop hooks run (bounded), then close the control socket.
     drop(d.hooks);
@@ -405,6 +425,7 @@ impl Daemon {
             timeline: Recorder::default(),
             exit: false,
             checks: None,
+            config_path: None,
         }
     }
 
@@ -437,6 +458,7 @@ impl Daemon {
                 Wake::Control(inc) => self.on_control(inc).await,
                 Wake::Hooks(report) => self.on_hooks(report),
                 Wake::Check(report) => self.on_check(report).await,
+                Wake::Reload => self.reload().await,
                 Wake::Reconcile => self.reconcile().await,
                 Wake::Stop(stop) => {
                     signals::decide_stop(stop, self.settings.stop.mode, inbox.stop_tx.clone());
@@ -471,6 +493,7 @@ impl Daemon {
             Some(inc) = inbox.control.recv() => Wake::Control(inc),
             Some(report) = inbox.hooks.recv() => Wake::Hooks(report),
             Some(report) = inbox.checks.recv() => Wake::Check(report),
+            Some(()) = inbox.reloads.recv() => Wake::Reload,
             _ = inbox.reconcile.tick() => Wake::Reconcile,
             stop = inbox.stops.recv(), if stopping.is_none() => Wake::Stop(stop),
             Some(handover) = inbox.stop_decided.recv() => Wake::StopDecided(handover),

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -171,9 +172,17 @@ pub struct HookReport {
 #[derive(Debug, Clone)]
 pub struct HookHandle {
     queue: mpsc::UnboundedSender<(Transition, HookEnv)>,
+    settings: Arc<Mutex<HookSettings>>,
 }
 
 impl HookHandle {
+    /// A reload changed the hooks: transitions queued from now on run the new commands.
+    pub fn update(&self, settings: HookSettings) {
+        if let Ok(mut s) = self.settings.lock() {
+            *s = settings;
+        }
+    }
+
     /// Queues the hooks of `transition`; returns at once. Never fails: hooks are the operator's
     /// business and must not stop a failover, so a missing runner is only logged.
     pub fn run(&self, transition: Transition, env: HookEnv) {
@@ -189,7 +198,8 @@ impl HookHandle {
 /// The background task that runs hooks one at a time.
 #[derive(Debug)]
 pub struct HookRunner {
-    settings: HookSettings,
+    /// Shared with the handles, so that a reload reaches the runner.
+    settings: Arc<Mutex<HookSettings>>,
     queue: mpsc::UnboundedReceiver<(Transition, HookEnv)>,
     reports: mpsc::UnboundedSender<HookReport>,
 }
@@ -204,13 +214,18 @@ impl HookRunner {
     pub fn spawn(settings: HookSettings) -> (HookHandle, mpsc::UnboundedReceiver<HookReport>) {
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let settings = Arc::new(Mutex::new(settings));
         let runner = HookRunner {
-            settings,
+            settings: Arc::clone(&settings),
             queue: queue_rx,
             reports: report_tx,
         };
         tokio::spawn(runner.work());
-        (HookHandle { queue: queue_tx }, report_rx)
+        let handle = HookHandle {
+            queue: queue_tx,
+            settings,
+        };
+        (handle, report_rx)
     }
 
     async fn work(mut self) {
@@ -224,9 +239,13 @@ impl HookRunner {
                 continue;
             }
             let vars = env.vars(transition);
+            let settings = match self.settings.lock() {
+                Ok(s) => s.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
             let mut results = Vec::new();
-            for argv in transition.commands(&self.settings) {
-                let result = run_command(argv, &vars, self.settings.timeout).await;
+            for argv in transition.commands(&settings) {
+                let result = run_command(argv, &vars, settings.timeout).await;
                 results.push(result);
             }
             let report = HookReport {

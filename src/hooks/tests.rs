@@ -289,7 +289,15 @@ async fn the_channel_closes_after_the_last_handle_and_queued_hooks() {
 fn run_without_a_runner_does_not_panic() {
     let (queue, rx) = mpsc::unbounded_channel();
     drop(rx);
-    HookHandle { queue }.run(Transition::Master, env());
+    let settings = Arc::new(Mutex::new(super::super::config::HookSettings {
+        timeout: Duration::from_secs(1),
+        on_master: Vec::new(),
+        on_backup: Vec::new(),
+        on_fault: Vec::new(),
+        on_stop: Vec::new(),
+        on_event: Vec::new(),
+    }));
+    HookHandle { queue, settings }.run(Transition::Master, env());
 }
 
 #[test]

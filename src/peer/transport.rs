@@ -132,6 +132,14 @@ fn flatten_targets(
     Ok(targets)
 }
 
+impl PeerLink {
+    /// A reload re-read the key files: sign with the new current key from now on, accept the
+    /// previous one if configured (a key rotation without a failover).
+    pub fn set_keys(&mut self, keys: impl Into<Keys>) {
+        self.keys = keys.into();
+    }
+}
+
 /// The authenticated heartbeat link to the configured peers.
 #[derive(Debug)]
 pub struct PeerLink {
