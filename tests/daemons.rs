@@ -518,7 +518,9 @@ fn sighup_reloads_what_can_change_and_refuses_the_rest_without_a_role_change() {
         std::fs::write(&node.config, text).expect("config");
         node.signal("-HUP");
         let n: &Node = node;
-        wait_for(expect, Duration::from_secs(10), || n.logs().contains(expect));
+        wait_for(expect, Duration::from_secs(10), || {
+            n.logs().contains(expect)
+        });
     };
     // A valid change: applied live.
     let changed = original.replace("hold-down = \"2s\"", "hold-down = \"3s\"");
@@ -527,12 +529,19 @@ fn sighup_reloads_what_can_change_and_refuses_the_rest_without_a_role_change() {
     assert!(c.a.logs().contains("group.hold-down"), "{}", c.a.logs());
     // An invalid file: refused with check's messages, the daemon runs on.
     reload(&mut c.a, &format!("{changed}\n[bogus]\n"), "reload refused");
-    assert!(c.a.logs().contains("bogus"), "names the bad key: {}", c.a.logs());
+    assert!(
+        c.a.logs().contains("bogus"),
+        "names the bad key: {}",
+        c.a.logs()
+    );
     // A key that cannot change live: refused, naming it.
     let eni = changed.replace("eni-0123456789abcdef0", "eni-0fedcba9876543210");
     reload(&mut c.a, &eni, "reload refused: group.eni");
     // Nothing moved and the daemon is still there.
-    assert!(c.a.wait_exit(Duration::from_millis(300)).is_none(), "still running");
+    assert!(
+        c.a.wait_exit(Duration::from_millis(300)).is_none(),
+        "still running"
+    );
     let r = c.a.role().expect("role");
     assert_eq!((r.role.as_str(), r.since_unix_ms), ("master", since));
     assert_eq!(c.holder().as_deref(), Some("i-0000000a"));

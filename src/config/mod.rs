@@ -354,6 +354,8 @@ fn parse_inner(text: &str, origin: &Path, check_key: bool) -> Result<Settings, C
 
 impl Settings {
     /// A one-screen human summary, printed by `enipeer check`.
+    // Over 80 lines on purpose: a flat list of one line per table, read top to bottom like the
+    // output it prints; splitting it would only scatter that list.
     pub fn summary(&self) -> String {
         fn d(x: Duration) -> String {
             format_duration(x).to_string()

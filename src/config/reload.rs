@@ -10,6 +10,8 @@ use super::{Problem, Settings};
 
 /// The new settings if everything that differs from `old` can change live; otherwise each key
 /// that cannot, with what to do.
+// Over 80 lines on purpose: two flat tables (keys fixed while running, keys that change live),
+// one line per key, so that a new key is added where its kind is plain to see.
 pub fn live_changes(old: &Settings, new: &Settings) -> Result<Vec<&'static str>, Vec<Problem>> {
     let mut refused = Vec::new();
     let mut fixed = |key: &'static str, a: &dyn Debug, b: &dyn Debug| {
