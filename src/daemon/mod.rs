@@ -11,7 +11,7 @@
 //! - [`results`]: what comes back (workers, hooks, control requests) turned into core events;
 //! - [`plan`]: the host network plan, and what waits for it while the ENI is being described;
 //! - [`report`]: the snapshot `enipeer role` shows;
-//! - [`signals`]: stop signals and systemd notification.
+//! - [`signals`]: stop signals, systemd notification and the watchdog.
 
 mod actions;
 mod cloud_worker;
@@ -46,6 +46,7 @@ use crate::timeline::{Recorder, Step};
 use cloud_worker::CloudJob;
 use net_worker::NetJob;
 use plan::PlanUse;
+use sd_notify::NotifyState;
 pub use signals::{shutdown_signals, StopRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,12 @@ pub enum DaemonError {
     Net(#[source] crate::net::NetError),
     #[error("cannot install signal handlers")]
     Signal(#[source] std::io::Error),
+    #[error("cannot listen for metrics scrapes on {addr} (metrics.listen)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DaemonError {
@@ -73,6 +80,7 @@ impl DaemonError {
             DaemonError::Control(_) => "control",
             DaemonError::Net(_) => "net",
             DaemonError::Signal(_) => "signal",
+            DaemonError::Metrics { .. } => "metrics",
         }
     }
 }
@@ -84,6 +92,8 @@ pub struct Parts {
     pub net: Arc<dyn HostNet>,
     pub peer: PeerLink,
     pub control: tokio::net::UnixListener,
+    /// The scrape endpoint, when `[metrics] listen` is set.
+    pub metrics: Option<tokio::net::TcpListener>,
     pub instance_id: InstanceId,
 }
 
@@ -117,12 +127,21 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     .map_err(DaemonError::Peer)?;
     let control = control::bind(&settings.control.socket, settings.control.group.as_deref())
         .map_err(DaemonError::Control)?;
+    let metrics = match settings.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let parts = Parts {
         settings,
         cloud,
         net,
         peer,
         control,
+        metrics,
         instance_id: identity.instance_id,
     };
     let shutdown = shutdown_signals().map_err(DaemonError::Signal)?;
@@ -217,6 +236,7 @@ struct Daemon {
     exit: bool,
     /// The service checks, when any are configured.
     checks: Option<Supervisor>,
+    watchdog: signals::Watchdog,
 }
 
 /// What woke the loop.
@@ -254,6 +274,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         net,
         peer,
         control: listener,
+        metrics,
         instance_id,
     } = parts;
     let (done_tx, done) = mpsc::unbounded_channel();
@@ -268,6 +289,14 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     ));
     let (hooks, hook_reports) = HookRunner::spawn(settings.hooks.clone());
     let (ctl_tx, ctl_rx) = mpsc::channel::<Incoming>(16);
+    let scrapes = metrics.map(|l| {
+        info!(listen = ?l.local_addr().ok(), "serving metrics at /metrics");
+        tokio::spawn(crate::metrics::http::serve(
+            l,
+            crate::metrics::init(),
+            ctl_tx.clone(),
+        ))
+    });
     let (ctl_stop_tx, ctl_stop_rx) = oneshot::channel::<()>();
     let control_task = tokio::spawn(control::serve(listener, ctl_tx, async move {
         let _ = ctl_stop_rx.await;
@@ -312,6 +341,9 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         while inbox.hooks.recv().await.is_some() {}
     })
     .await;
+    if let Some(s) = scrapes {
+        s.abort();
+    }
     let _ = ctl_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), control_task).await;
     info!("enipeer stopped");
@@ -363,6 +395,7 @@ impl Daemon {
         workers: Workers,
     ) -> Daemon {
         let node = Node::new(core_config(&settings, &instance_id), Duration::ZERO);
+        let watchdog = signals::Watchdog::from_env(settings.heartbeat.interval);
         Daemon {
             settings,
             node,
@@ -386,6 +419,7 @@ impl Daemon {
             timeline: Recorder::default(),
             exit: false,
             checks: None,
+            watchdog,
         }
     }
 
@@ -398,7 +432,7 @@ impl Daemon {
             heartbeat = ?self.peer.local_addr(),
             "enipeer started"
         );
-        signals::sd_notify("READY=1\nSTATUS=starting");
+        signals::notify(&[NotifyState::Ready, NotifyState::Status("starting")]);
         let actions = self.node.start(Duration::ZERO);
         self.execute(actions).await;
         let mut stop_deadline: Option<Instant> = None;
@@ -412,7 +446,10 @@ impl Daemon {
                 self.on_stall(gap).await;
             }
             match woke {
-                Wake::Tick => self.feed(Event::Tick).await,
+                Wake::Tick => {
+                    self.watchdog.tick(Instant::now());
+                    self.feed(Event::Tick).await;
+                }
                 Wake::Peer(r) => self.on_received(r).await,
                 Wake::Done(done) => self.on_done(done).await,
                 Wake::Control(inc) => self.on_control(inc).await,
@@ -421,7 +458,7 @@ impl Daemon {
                 Wake::Reconcile => self.reconcile().await,
                 Wake::Stop(stop) => {
                     signals::decide_stop(stop, self.settings.stop.mode, inbox.stop_tx.clone());
-                    signals::sd_notify("STOPPING=1");
+                    signals::notify(&[NotifyState::Stopping]);
                     // Bound the stop: a handover that hangs must not keep the host from going
                     // down.
                     stop_deadline = Some(
