@@ -137,7 +137,14 @@ impl Metrics {
             loop_responsive: Gauge::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        m.register_loop(&mut registry);
+        m.register_work(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// The loop's own metrics: role, transitions, moves, heartbeats, peers.
+    fn register_loop(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "role",
             "1 for this node's current role, 0 for the others",
@@ -175,6 +182,11 @@ impl Metrics {
             "Seconds since the peer's last accepted heartbeat",
             m.peer_last_heard.clone(),
         );
+    }
+
+    /// The work the loop hands out and the state it reports: EC2, hooks, host network, checks.
+    fn register_work(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "cloud_requests",
             "EC2 requests by action (describe, claim, release) and outcome (ok, held-by, or the \
@@ -216,7 +228,6 @@ impl Metrics {
             "0 when the event loop did not answer the last scrape in time",
             m.loop_responsive.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// The text exposition (OpenMetrics 1.0, which Prometheus reads natively).
