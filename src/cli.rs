@@ -3,6 +3,7 @@
 //! parses it together with hidden build-time helpers (see [`assets`]).
 
 pub mod assets;
+pub mod logging;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,7 +15,7 @@ use crate::control::{self, Request, Response};
 
 const ABOUT: &str = "Failover agent for AWS EC2: moves a secondary ENI between two instances";
 
-/// The public command line, as documented in `enipeer(1)` and the shell completions.
+/// The public command line, as documented in `enipeer(8)` and the shell completions.
 #[derive(Debug, Parser)]
 #[command(name = "enipeer", version, about = ABOUT)]
 pub struct Cli {
@@ -66,9 +67,13 @@ pub enum Command {
         /// Control socket (overrides the config's `control.socket`).
         #[arg(short, long)]
         socket: Option<PathBuf>,
-        /// Print JSON instead of a summary.
-        #[arg(long)]
+        /// Print JSON instead of a summary (documented in docs/role-json.md).
+        #[arg(long, conflicts_with = "check")]
         json: bool,
+        /// Print one line and exit like a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL,
+        /// 3 UNKNOWN (daemon unreachable).
+        #[arg(long)]
+        check: bool,
     },
     /// Hand the ENI to the peer on purpose (on the master). Exits 0 once the peer is master.
     Yield {
@@ -145,7 +150,14 @@ pub fn main() -> i32 {
             config,
             socket,
             json,
-        } => role(&config, socket, json),
+            check,
+        } => {
+            if check {
+                role_check(&config, socket)
+            } else {
+                role(&config, socket, json)
+            }
+        }
         Command::Yield {
             config,
             socket,
@@ -170,23 +182,6 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ENIPEER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Under systemd the journal stamps every line itself; timestamps and colours would be noise.
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false);
-    if journald {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// `enipeer run`: refuses an invalid config exactly as `enipeer check` does (exit 78).
 fn run(path: &Path) -> i32 {
     let settings = match config::load(path) {
@@ -197,7 +192,7 @@ fn run(path: &Path) -> i32 {
             return crate::exit::CONFIG;
         }
     };
-    init_logging();
+    logging::init();
     // One thread: the daemon's work is a few packets a second and some API calls, and a
     // single-threaded runtime keeps its footprint small and its behaviour easy to reason about.
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -286,6 +281,24 @@ fn role(config: &Path, socket: Option<PathBuf>, json: bool) -> i32 {
             crate::exit::UNAVAILABLE
         }
     }
+}
+
+/// `enipeer role --check`: every way of not getting a report is UNKNOWN (3), as monitoring
+/// plugins expect, never a code that could read as WARNING or CRITICAL.
+fn role_check(config: &Path, socket: Option<PathBuf>) -> i32 {
+    use crate::report::{check::unknown_line, CheckStatus};
+    let socket = socket_path(config, socket);
+    let (status, line) = match request(&socket, Request::Role, Duration::from_secs(5)) {
+        Ok(Response::Role(report)) => report.check(),
+        Ok(Response::Error { message }) => (CheckStatus::Unknown, unknown_line(&message)),
+        Ok(other) => (
+            CheckStatus::Unknown,
+            unknown_line(&format!("unexpected answer: {other:?}")),
+        ),
+        Err(e) => (CheckStatus::Unknown, unknown_line(&e)),
+    };
+    println!("{line}");
+    status.code()
 }
 
 fn yield_(config: &Path, socket: Option<PathBuf>, timeout: Duration) -> i32 {

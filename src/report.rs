@@ -1,12 +1,25 @@
 //! What `enipeer role` shows: a snapshot of the daemon's state, produced by the daemon, carried as
-//! JSON over the control socket and rendered for humans by the CLI.
+//! JSON over the control socket, printed as is by `role --json` (documented in docs/role-json.md),
+//! rendered for humans by `role` and judged by `role --check` ([`check`]).
+
+pub mod check;
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::timeline::TimelineReport;
 
+pub use check::CheckStatus;
+
+/// Bumped on any change to the JSON that could break a script reading it (a field renamed,
+/// removed or retyped); new fields alone do not bump it.
+pub const SCHEMA_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RoleReport {
+    /// [`SCHEMA_VERSION`] of the daemon that produced this report.
+    pub schema_version: u32,
     pub node: String,
     pub instance_id: String,
     pub eni: String,
@@ -15,15 +28,15 @@ pub struct RoleReport {
     pub since_unix_ms: u64,
     pub last_transition: Option<TransitionReport>,
     pub peers: Vec<PeerReport>,
-    /// Who the cloud said holds the ENI at the last look: an instance id, "nobody" or "unknown".
-    pub cloud_holder: String,
+    /// Who the cloud said holds the ENI at the last look.
+    pub cloud_holder: Holder,
     /// How long ago that was, in ms; `None` if never.
     pub cloud_checked_ms_ago: Option<u64>,
     /// Set while this node holds off from claiming after losing the ENI.
     pub hold_down_ms_left: Option<u64>,
     pub last_failover: Option<TimelineReport>,
-    /// Heartbeats rejected since start, by reason.
-    pub rejected: Vec<(String, u64)>,
+    /// Heartbeats rejected since start, by reason (reasons with no rejection are left out).
+    pub rejected: Vec<RejectCount>,
     /// Service checks and the corroborating probe (absent from reports of older releases).
     #[serde(default)]
     pub health: HealthReport,
@@ -34,6 +47,34 @@ pub struct RoleReport {
     /// each reconcile until the host is clean; empty when it is.
     #[serde(default)]
     pub leftovers: Vec<String>,
+}
+
+/// Who holds the ENI, as an object so a script tells an instance from "nobody" and "unknown" by
+/// `kind` rather than by parsing a string: `{"kind": "instance", "id": "i-…"}`,
+/// `{"kind": "nobody"}` (detached) or `{"kind": "unknown"}` (not asked yet, or the last ask failed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Holder {
+    Instance { id: String },
+    Nobody,
+    Unknown,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::Instance { id } => f.write_str(id),
+            Holder::Nobody => f.write_str("nobody"),
+            Holder::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RejectCount {
+    /// The rejection's kind, e.g. "bad-mac", "replay", "stale-timestamp", "unknown-node".
+    pub reason: String,
+    pub count: u64,
 }
 
 /// This node's service health as `role` shows it.
@@ -148,12 +189,12 @@ impl RoleReport {
                 if p.alive { "" } else { " (DEAD)" }
             ));
         }
-        let rejected: u64 = self.rejected.iter().map(|(_, n)| n).sum();
+        let rejected: u64 = self.rejected.iter().map(|r| r.count).sum();
         if rejected > 0 {
             let parts: Vec<String> = self
                 .rejected
                 .iter()
-                .map(|(k, n)| format!("{k}={n}"))
+                .map(|r| format!("{}={}", r.reason, r.count))
                 .collect();
             out.push_str(&format!(
                 "  rejected heartbeats: {rejected} ({})\n",

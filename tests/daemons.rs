@@ -1,9 +1,13 @@
 //! Two real `enipeer run` processes on 127.0.0.1 with the file-backed fake cloud: heartbeats,
 //! failover after SIGKILL, `enipeer role`, `enipeer yield`, a restart that keeps the ENI, and
-//! forged or broken packets that are rejected and counted while the daemon keeps working.
+//! forged or broken packets that are rejected and counted while the daemon keeps working; the
+//! Prometheus scrape, systemd's readiness and watchdog notifications on a fake notify socket,
+//! and `role --check`.
 
-use std::net::UdpSocket;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -11,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use enipeer::cloud::fake::FakeState;
 use enipeer::core::{Advert, HolderBelief, Role, YieldMsg};
 use enipeer::peer::wire::{encode, Header, Packet};
-use enipeer::report::RoleReport;
+use enipeer::report::{Holder, RoleReport};
 
 const BIN: &str = env!("CARGO_BIN_EXE_enipeer");
 const ENI: &str = "eni-0123456789abcdef0";
@@ -19,6 +23,10 @@ const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccdde
 
 struct Node {
     port: u16,
+    metrics_port: u16,
+    /// The fake systemd notify socket the daemon is started with (NOTIFY_SOCKET).
+    notify: UnixDatagram,
+    notify_path: PathBuf,
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
@@ -71,6 +79,15 @@ impl Cluster {
         peer_port: u16,
     ) -> Node {
         let config = dir.join(format!("{name}.toml"));
+        let metrics_port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free TCP port");
+        let notify_path = dir.join(format!("{name}.notify"));
+        let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let socket = dir.join(format!("{name}.sock"));
         let marker = dir.join(format!("{name}.hook"));
         let text = format!(
@@ -102,11 +119,14 @@ verify-interval = "1s"
 
 [hooks]
 timeout = "5s"
-on-master = [["/bin/sh", "-c", "echo $ENIPEER_TRANSITION $ENIPEER_ADDRESSES >> {marker}"]]
+on-master = [["/bin/sh", "-c", "echo $ENIPEER_TRANSITION $ENIPEER_ADDRESSES notify=${{NOTIFY_SOCKET:-unset}} >> {marker}"]]
 on-event = [["/bin/sh", "-c", "echo $ENIPEER_EVENT $ENIPEER_EVENT_PEER >> {events}"]]
 
 [control]
 socket = "{socket}"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 
 [stop]
 mode = "hold"
@@ -127,6 +147,9 @@ fake-net = true
         std::fs::write(&config, text).expect("config");
         Node {
             port,
+            metrics_port,
+            notify,
+            notify_path,
             config,
             socket,
             log: dir.join(format!("{name}.log")),
@@ -154,6 +177,9 @@ impl Node {
             .args(["run", "-c"])
             .arg(&self.config)
             .env("ENIPEER_LOG", "debug")
+            .env("NOTIFY_SOCKET", &self.notify_path)
+            // Pets every second (half of it).
+            .env("WATCHDOG_USEC", "2000000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -207,9 +233,48 @@ impl Node {
         self.role().map(|r| r.role)
     }
 
+    /// `GET /metrics`, parsed by a real Prometheus text parser.
+    fn scrape(&self) -> prometheus_parse::Scrape {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("connect metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("send");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("headers");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("application/openmetrics-text"), "{head}");
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parse")
+    }
+
+    /// Every notification received so far.
+    fn notifications(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The value of one sample, by metric name and one label (or none).
+fn sample(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+        .find_map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
 }
 
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -258,7 +323,55 @@ fn two_daemons_fail_over_yield_restart_and_reject_bad_packets() {
         ctx(&c)
     );
     assert!(peer.alive);
-    assert_eq!(rb.cloud_holder, "i-0000000a");
+    assert_eq!(
+        rb.cloud_holder,
+        Holder::Instance {
+            id: "i-0000000a".into()
+        }
+    );
+    assert_eq!(rb.schema_version, 1);
+
+    // systemd: READY=1 once the sockets are bound, then WATCHDOG=1 from the loop.
+    wait_for("READY=1 and WATCHDOG=1", Duration::from_secs(5), || {
+        let got = c.a.notifications().join("\n");
+        got.contains("READY=1") && got.contains("WATCHDOG=1")
+    });
+
+    // The scrape: the master's role, heartbeats both ways, its live peer.
+    let m = c.a.scrape();
+    assert_eq!(
+        sample(&m, "enipeer_role", Some(("role", "master"))),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "enipeer_role", Some(("role", "backup"))),
+        Some(0.0)
+    );
+    assert!(sample(&m, "enipeer_heartbeats_sent_total", None) > Some(0.0));
+    assert!(sample(&m, "enipeer_heartbeats_received_total", None) > Some(0.0));
+    assert_eq!(
+        sample(&m, "enipeer_peer_alive", Some(("peer", "node-b"))),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "enipeer_healthy", None), Some(1.0));
+    assert_eq!(sample(&m, "enipeer_loop_responsive", None), Some(1.0));
+    let mb = c.b.scrape();
+    assert_eq!(
+        sample(&mb, "enipeer_role", Some(("role", "backup"))),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&mb, "enipeer_transitions_total", Some(("to", "backup"))),
+        Some(1.0)
+    );
+
+    // role --check: a healthy pair is OK from both sides.
+    for n in [&c.a, &c.b] {
+        let out = n.cli(&["role", "--check"]);
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(0), "{line}");
+        assert!(line.starts_with("ENIPEER OK: "), "{line}");
+    }
     // The human summary names the role and the peer.
     let human = String::from_utf8_lossy(&c.b.cli(&["role"]).stdout).to_string();
     assert!(
@@ -322,6 +435,34 @@ fn two_daemons_fail_over_yield_restart_and_reject_bad_packets() {
         marker.contains("master 198.18.1.25"),
         "hook output: {marker:?}"
     );
+    // Hooks do not get to speak for the daemon to systemd.
+    assert!(marker.contains("notify=unset"), "hook output: {marker:?}");
+    // node-b is dead: no redundancy, a WARNING.
+    let out = c.a.cli(&["role", "--check"]);
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{line}");
+    assert!(line.contains("no redundancy: peer node-b dead"), "{line}");
+    let m = c.a.scrape();
+    assert_eq!(
+        sample(&m, "enipeer_peer_alive", Some(("peer", "node-b"))),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "enipeer_cloud_requests_total",
+            Some(("action", "claim"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "enipeer_failover_duration_seconds_count",
+            Some(("kind", "failover"))
+        ),
+        Some(1.0)
+    );
 
     // Bad packets at node-a's heartbeat port: rejected, counted, and node-a keeps working.
     attack(c.a.port);
@@ -330,8 +471,8 @@ fn two_daemons_fail_over_yield_restart_and_reject_bad_packets() {
         let n = |k: &str| {
             r.rejected
                 .iter()
-                .find(|(x, _)| x == k)
-                .map_or(0, |(_, n)| *n)
+                .find(|x| x.reason == k)
+                .map_or(0, |x| x.count)
         };
         n("bad-mac") >= 1
             && n("replay") >= 1
@@ -341,6 +482,17 @@ fn two_daemons_fail_over_yield_restart_and_reject_bad_packets() {
             && n("bad-magic") >= 1
     });
     assert_eq!(c.a.role_name().as_deref(), Some("master"));
+    let m = c.a.scrape();
+    for reason in ["bad-mac", "replay", "unknown-node", "stale-timestamp"] {
+        assert!(
+            sample(
+                &m,
+                "enipeer_heartbeats_rejected_total",
+                Some(("reason", reason))
+            ) >= Some(1.0),
+            "{reason}"
+        );
+    }
 
     // node-b comes back: it sees node-a hold the ENI and stays backup (heartbeats still work).
     c.b.start();
@@ -545,4 +697,22 @@ fn sighup_reloads_what_can_change_and_refuses_the_rest_without_a_role_change() {
     let r = c.a.role().expect("role");
     assert_eq!((r.role.as_str(), r.since_unix_ms), ("master", since));
     assert_eq!(c.holder().as_deref(), Some("i-0000000a"));
+}
+
+/// `role --check` with no daemon behind the socket: UNKNOWN, exit 3, one line.
+#[test]
+fn role_check_without_a_daemon_is_unknown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["role", "--check", "--socket"])
+        .arg(dir.path().join("nothing.sock"))
+        .output()
+        .expect("run enipeer");
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(3), "{line}");
+    assert!(
+        line.starts_with("ENIPEER UNKNOWN: daemon unreachable"),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "{line}");
 }

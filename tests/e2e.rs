@@ -482,7 +482,9 @@ fn lab_backup_with_a_wrong_key() {
         println!("  node-b rejected {:?}", r.rejected);
         assert_eq!(r.role, "backup");
         assert!(
-            r.rejected.iter().any(|(k, n)| k == "bad-mac" && *n > 0),
+            r.rejected
+                .iter()
+                .any(|c| c.reason == "bad-mac" && c.count > 0),
             "no bad-mac rejections: {:?}",
             r.rejected
         );

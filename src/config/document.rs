@@ -178,6 +178,13 @@ impl<'a> Document<'a> {
                     &mut out.stripped,
                     &mut out.raw.control,
                 ),
+                "metrics" => self.table(
+                    section,
+                    value,
+                    &mut out.problems,
+                    &mut out.stripped,
+                    &mut out.raw.metrics,
+                ),
                 "stop" => self.table(
                     section,
                     value,

@@ -158,6 +158,12 @@ pub const TABLES: &[TableDoc] = &[
         doc: "The Unix socket that `enipeer role`, `yield` and `maintenance` talk to.",
     },
     TableDoc {
+        name: "metrics",
+        array: false,
+        required: false,
+        doc: "The Prometheus endpoint (`GET /metrics`); off unless `listen` is set.",
+    },
+    TableDoc {
         name: "stop",
         array: false,
         required: false,
@@ -553,6 +559,16 @@ pub const KEYS: &[KeyDoc] = &[
         default: KeyDefault::Unset("root only (mode 0600)"),
         range: Range::Any,
         doc: "Let members of this group use the socket (mode 0660).",
+    },
+    // [metrics]
+    KeyDoc {
+        table: "metrics",
+        key: "listen",
+        kind: "socket address",
+        default: KeyDefault::Unset("metrics off"),
+        range: Range::Any,
+        doc: "Where to serve Prometheus metrics, e.g. \"127.0.0.1:9460\"; keep it on loopback \
+              unless a scraper must reach it over the network.",
     },
     // [stop]
     KeyDoc {

@@ -49,6 +49,7 @@ pub struct Settings {
     pub network: NetworkSettings,
     pub hooks: HookSettings,
     pub control: ControlSettings,
+    pub metrics: MetricsSettings,
     pub stop: StopSettings,
     /// `[[check]]` tables in file order; empty when none are configured (takeover is then
     /// decided by heartbeats alone).
@@ -160,6 +161,13 @@ pub struct ControlSettings {
     pub socket: PathBuf,
     /// When set the socket is mode 0660 and owned by this group; otherwise 0600 root-only.
     pub group: Option<String>,
+}
+
+/// The Prometheus endpoint (`[metrics]`); off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served. Loopback unless the operator chooses otherwise.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,6 +489,13 @@ impl Settings {
                     .as_ref()
                     .map_or("root only".to_owned(), |g| format!("group {g}"))
             ),
+        );
+        row(
+            "metrics",
+            match self.metrics.listen {
+                Some(a) => format!("http://{a}/metrics"),
+                None => "off".to_owned(),
+            },
         );
         let st = &self.stop;
         row(

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub network: Option<RawNetwork>,
     pub hooks: Option<RawHooks>,
     pub control: Option<RawControl>,
+    pub metrics: Option<RawMetrics>,
     pub stop: Option<RawStop>,
     pub testing: Option<RawTesting>,
     pub check: Option<Vec<RawCheck>>,
@@ -38,6 +39,7 @@ pub const SECTIONS: &[&str] = &[
     "network",
     "hooks",
     "control",
+    "metrics",
     "stop",
     "check",
     "testing",
@@ -148,6 +150,12 @@ pub struct RawHooks {
 pub struct RawControl {
     pub socket: Option<String>,
     pub group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -179,11 +179,23 @@ fn defaults_are_applied() {
     assert!(s.hooks.on_master.is_empty() && s.hooks.on_stop.is_empty());
     assert_eq!(s.control.socket, Path::new("/run/enipeer/control.sock"));
     assert_eq!(s.control.group, None);
+    assert_eq!(s.metrics.listen, None, "metrics are off by default");
     assert_eq!(s.stop.mode, StopMode::Auto);
     assert_eq!(s.stop.restart_grace, Duration::from_secs(30));
     assert_eq!(s.stop.handover_timeout, Duration::from_secs(20));
     assert_eq!(s.testing, None);
     assert!(s.checks.is_empty());
+}
+
+#[test]
+fn metrics_listen_takes_v4_and_v6_addresses() {
+    for text in ["127.0.0.1:9460", "[::1]:9460"] {
+        let s = Cfg::minimal()
+            .set("[metrics]", "listen", &format!("{text:?}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.metrics.listen, Some(text.parse().unwrap()));
+    }
 }
 
 #[test]
@@ -555,6 +567,18 @@ fn each_rule_names_its_key() {
         (
             Cfg::minimal().set("[control]", "group", "\"\""),
             "control.group",
+        ),
+        (
+            Cfg::minimal().set("[metrics]", "listen", "\"localhost:9460\""),
+            "metrics.listen",
+        ),
+        (
+            Cfg::minimal().set("[metrics]", "listen", "\"127.0.0.1:0\""),
+            "metrics.listen",
+        ),
+        (
+            Cfg::minimal().set("[metrics]", "port", "9460"),
+            "metrics.port",
         ),
         (
             Cfg::minimal().set("[stop]", "mode", "\"never\""),

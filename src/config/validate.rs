@@ -318,6 +318,10 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
         &mut c,
         raw.control.as_ref().unwrap_or(&RawControl::default()),
     );
+    let metrics = metrics(
+        &mut c,
+        raw.metrics.as_ref().unwrap_or(&RawMetrics::default()),
+    );
     let stop = stop(&mut c, raw.stop.as_ref().unwrap_or(&RawStop::default()));
     let testing = raw.testing.as_ref().and_then(|t| {
         let fake_cloud = match t.fake_cloud.as_deref() {
@@ -362,6 +366,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
                 network,
                 hooks,
                 control,
+                metrics,
                 stop,
                 checks,
                 testing,
@@ -817,6 +822,32 @@ fn control(c: &mut Checker, ctl: &RawControl) -> ControlSettings {
         socket,
         group: ctl.group.clone(),
     }
+}
+
+fn metrics(c: &mut Checker, m: &RawMetrics) -> MetricsSettings {
+    let listen = m
+        .listen
+        .as_deref()
+        .and_then(|text| match text.parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 => {
+                c.push(
+                    "metrics.listen",
+                    format!("{text:?} needs a port, e.g. \"127.0.0.1:9460\""),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.push(
+                    "metrics.listen",
+                    format!(
+                    "{text:?} is not an address and port, e.g. \"127.0.0.1:9460\" or \"[::1]:9460\""
+                ),
+                );
+                None
+            }
+        });
+    MetricsSettings { listen }
 }
 
 fn stop(c: &mut Checker, s: &RawStop) -> StopSettings {

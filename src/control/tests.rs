@@ -9,6 +9,7 @@ const GUARD: Duration = Duration::from_secs(30);
 
 fn sample_report() -> RoleReport {
     RoleReport {
+        schema_version: crate::report::SCHEMA_VERSION,
         node: "a".into(),
         instance_id: "i-0123456789abcdef0".into(),
         eni: "eni-0123456789abcdef0".into(),
@@ -16,11 +17,16 @@ fn sample_report() -> RoleReport {
         since_unix_ms: 1_700_000_000_000,
         last_transition: None,
         peers: vec![],
-        cloud_holder: "i-0123456789abcdef0".into(),
+        cloud_holder: crate::report::Holder::Instance {
+            id: "i-0123456789abcdef0".into(),
+        },
         cloud_checked_ms_ago: Some(1200),
         hold_down_ms_left: None,
         last_failover: None,
-        rejected: vec![("bad_mac".into(), 3)],
+        rejected: vec![crate::report::RejectCount {
+            reason: "bad-mac".into(),
+            count: 3,
+        }],
         health: crate::report::HealthReport {
             healthy: false,
             detail: "http-80: connection refused".into(),

@@ -43,12 +43,14 @@ impl Daemon {
 
     fn transitioned(&self, from: &impl Display, to: &impl Display, reason: &str) {
         info!(%from, %to, %reason, "transition");
-        signals::sd_notify(&format!("STATUS={to}: {reason}"));
+        crate::metrics::transition(from, to);
+        signals::notify(&[sd_notify::NotifyState::Status(&format!("{to}: {reason}"))]);
     }
 
     async fn send_heartbeat(&mut self) {
         self.hurry_probe_if_late();
         let advert = self.node.advert();
+        crate::metrics::heartbeat_sent();
         if let Err(e) = self.peer.send(&advert).await {
             warn!(error = %e, "sending heartbeats failed");
         }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::Done;
@@ -46,14 +47,14 @@ pub(super) async fn run(
 async fn call(cloud: &dyn Cloud, net: &dyn HostNet, job: CloudJob) -> Done {
     match job {
         CloudJob::Query => query(cloud).await,
-        CloudJob::DescribeForPlan => Done::Described(cloud.describe().await),
+        CloudJob::DescribeForPlan => Done::Described(timed("describe", cloud.describe()).await),
         CloudJob::Claim { req, mac } => claim(cloud, net, req, mac).await,
         CloudJob::Release => release(cloud).await,
     }
 }
 
 async fn query(cloud: &dyn Cloud) -> Done {
-    match cloud.describe().await {
+    match timed("describe", cloud.describe()).await {
         Ok(info) => {
             let view = match info.holder() {
                 Some(i) => CloudView::Holder(i.to_string()),
@@ -85,7 +86,7 @@ async fn claim(
             warn!(error = %e, "cannot listen for the ENI's link ahead of the attach");
         }
     }
-    match cloud.claim(req).await {
+    match timed("claim", cloud.claim(req)).await {
         Ok(ClaimOutcome::Claimed { info, steps, .. }) => Done::Cloud {
             event: Event::ClaimDone(Ok(ClaimResult::Claimed)),
             steps,
@@ -104,7 +105,7 @@ async fn claim(
 }
 
 async fn release(cloud: &dyn Cloud) -> Done {
-    match cloud.release().await {
+    match timed("release", cloud.release()).await {
         Ok(out) => Done::Cloud {
             event: Event::ReleaseDone(Ok(())),
             steps: out.steps,
@@ -113,6 +114,40 @@ async fn release(cloud: &dyn Cloud) -> Done {
         Err(e) => {
             warn!(error = %e, kind = e.kind_str(), "release failed");
             failed(Event::ReleaseDone(Err(failure(&e))))
+        }
+    }
+}
+
+/// Runs one cloud call and records it in the metrics: "ok" or the error's kind (a claim that
+/// found the ENI held by someone else is "held-by").
+async fn timed<T: Outcome>(
+    action: &'static str,
+    call: impl std::future::Future<Output = Result<T, CloudError>>,
+) -> Result<T, CloudError> {
+    let started = Instant::now();
+    let result = call.await;
+    let outcome = match &result {
+        Ok(t) => t.label(),
+        Err(e) => e.kind_str(),
+    };
+    crate::metrics::cloud_request(action, outcome, started.elapsed());
+    result
+}
+
+/// The metrics label of a successful call.
+trait Outcome {
+    fn label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl Outcome for crate::cloud::EniInfo {}
+impl Outcome for crate::cloud::ReleaseOutcome {}
+impl Outcome for ClaimOutcome {
+    fn label(&self) -> &'static str {
+        match self {
+            ClaimOutcome::Claimed { .. } => "ok",
+            ClaimOutcome::HeldBy { .. } => "held-by",
         }
     }
 }

@@ -11,7 +11,7 @@
 //! - [`results`]: what comes back (workers, hooks, control requests) turned into core events;
 //! - [`plan`]: the host network plan, and what waits for it while the ENI is being described;
 //! - [`report`]: the snapshot `enipeer role` shows;
-//! - [`signals`]: stop signals and systemd notification.
+//! - [`signals`]: stop signals, systemd notification and the watchdog.
 
 mod actions;
 mod cloud_worker;
@@ -49,6 +49,7 @@ use crate::timeline::{Recorder, Step};
 use cloud_worker::CloudJob;
 use net_worker::NetJob;
 use plan::PlanUse;
+use sd_notify::NotifyState;
 pub use signals::{shutdown_signals, StopRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,12 @@ pub enum DaemonError {
     Net(#[source] crate::net::NetError),
     #[error("cannot install signal handlers")]
     Signal(#[source] std::io::Error),
+    #[error("cannot listen for metrics scrapes on {addr} (metrics.listen)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DaemonError {
@@ -76,6 +83,7 @@ impl DaemonError {
             DaemonError::Control(_) => "control",
             DaemonError::Net(_) => "net",
             DaemonError::Signal(_) => "signal",
+            DaemonError::Metrics { .. } => "metrics",
         }
     }
 }
@@ -91,6 +99,8 @@ pub struct Parts {
     pub net: Arc<dyn HostNet>,
     pub peer: PeerLink,
     pub control: startup::ControlEnds,
+    /// The scrape endpoint, when `[metrics] listen` is set.
+    pub metrics: Option<tokio::net::TcpListener>,
     pub instance_id: InstanceId,
 }
 
@@ -117,13 +127,24 @@ pub async fn run(
     .map_err(DaemonError::Peer)?;
     let listener = control::bind(&settings.control.socket, settings.control.group.as_deref())
         .map_err(DaemonError::Control)?;
+    let metrics = match settings.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let mut control = startup::serve_control(listener);
     let mut shutdown = shutdown_signals().map_err(DaemonError::Signal)?;
     // Early, so that a SIGHUP while waiting for the cloud does not end the daemon.
     let reloads = reload::reload_signals()?;
     // Ready once the sockets are bound: the cloud may take a while at boot, and systemd must
     // not kill a daemon that is only waiting for it.
-    signals::sd_notify("READY=1\nSTATUS=waiting for the cloud");
+    signals::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("waiting for the cloud"),
+    ]);
     let Some((cloud, identity)) =
         startup::wait_for_cloud(&settings, &mut control, &mut shutdown).await?
     else {
@@ -144,6 +165,7 @@ pub async fn run(
         net,
         peer,
         control,
+        metrics,
         instance_id: identity.instance_id,
     };
     run_with(parts, shutdown).await;
@@ -248,6 +270,7 @@ struct Daemon {
     checks: Option<Supervisor>,
     /// The file the settings came from, re-read on SIGHUP.
     config_path: Option<std::path::PathBuf>,
+    watchdog: signals::Watchdog,
 }
 
 /// What woke the loop.
@@ -289,6 +312,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         net,
         peer,
         control,
+        metrics,
         instance_id,
     } = parts;
     let (done_tx, done) = mpsc::unbounded_channel();
@@ -304,9 +328,19 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     let (hooks, hook_reports) = HookRunner::spawn(settings.hooks.clone());
     let startup::ControlEnds {
         requests: ctl_rx,
+        requests_tx: ctl_tx,
         stop: ctl_stop_tx,
         task: control_task,
     } = control;
+    let scrapes = metrics.map(|l| {
+        info!(listen = ?l.local_addr().ok(), "serving metrics at /metrics");
+        tokio::spawn(crate::metrics::http::serve(
+            l,
+            crate::metrics::init(),
+            ctl_tx.clone(),
+        ))
+    });
+    drop(ctl_tx);
     let (stop_tx, stop_decided) = mpsc::channel::<bool>(1);
     let mut reconcile = tokio::time::interval(settings.network.reconcile_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,6 +383,9 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         while inbox.hooks.recv().await.is_some() {}
     })
     .await;
+    if let Some(s) = scrapes {
+        s.abort();
+    }
     let _ = ctl_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), control_task).await;
     info!("enipeer stopped");
@@ -401,6 +438,7 @@ impl Daemon {
         workers: Workers,
     ) -> Daemon {
         let node = Node::new(core_config(&settings, &instance_id), Duration::ZERO);
+        let watchdog = signals::Watchdog::from_env(settings.heartbeat.interval);
         Daemon {
             settings,
             node,
@@ -426,6 +464,7 @@ impl Daemon {
             exit: false,
             checks: None,
             config_path: None,
+            watchdog,
         }
     }
 
@@ -438,7 +477,7 @@ impl Daemon {
             heartbeat = ?self.peer.local_addr(),
             "enipeer started"
         );
-        signals::sd_notify("READY=1\nSTATUS=starting");
+        signals::notify(&[NotifyState::Ready, NotifyState::Status("starting")]);
         let actions = self.node.start(Duration::ZERO);
         self.execute(actions).await;
         let mut stop_deadline: Option<Instant> = None;
@@ -452,7 +491,10 @@ impl Daemon {
                 self.on_stall(gap).await;
             }
             match woke {
-                Wake::Tick => self.feed(Event::Tick).await,
+                Wake::Tick => {
+                    self.watchdog.tick(Instant::now());
+                    self.feed(Event::Tick).await;
+                }
                 Wake::Peer(r) => self.on_received(r).await,
                 Wake::Done(done) => self.on_done(done).await,
                 Wake::Control(inc) => self.on_control(inc).await,
@@ -462,7 +504,7 @@ impl Daemon {
                 Wake::Reconcile => self.reconcile().await,
                 Wake::Stop(stop) => {
                     signals::decide_stop(stop, self.settings.stop.mode, inbox.stop_tx.clone());
-                    signals::sd_notify("STOPPING=1");
+                    signals::notify(&[NotifyState::Stopping]);
                     // Bound the stop: a handover that hangs must not keep the host from going
                     // down.
                     stop_deadline = Some(

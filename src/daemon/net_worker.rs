@@ -106,6 +106,7 @@ async fn reconcile(net: &dyn HostNet, plan: &NetPlan) {
     match net.reconcile(plan).await {
         Ok(report) if !report.changed.is_empty() => {
             warn!(repaired = ?report.changed, "host network drift repaired");
+            crate::metrics::net_repaired();
         }
         Ok(_) => debug!("host network config in place"),
         Err(e) => {

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use super::Daemon;
 use crate::core::HolderBelief;
-use crate::report::{CheckState, HealthReport, PeerReport, RoleReport, TransitionReport};
+use crate::report::{
+    CheckState, HealthReport, Holder, PeerReport, RejectCount, RoleReport, TransitionReport,
+};
 use crate::timeline;
 
 impl Daemon {
@@ -15,6 +17,7 @@ impl Daemon {
     pub(super) fn report(&self) -> RoleReport {
         let now = self.now();
         RoleReport {
+            schema_version: crate::report::SCHEMA_VERSION,
             node: self.settings.node.name.clone(),
             instance_id: self.instance_id.to_string(),
             eni: self.settings.group.eni.to_string(),
@@ -28,9 +31,9 @@ impl Daemon {
             }),
             peers: self.peer_reports(now),
             cloud_holder: match self.node.holder() {
-                HolderBelief::Unknown => "unknown".into(),
-                HolderBelief::Nobody => "nobody".into(),
-                HolderBelief::Instance(i) => i.clone(),
+                HolderBelief::Unknown => Holder::Unknown,
+                HolderBelief::Nobody => Holder::Nobody,
+                HolderBelief::Instance(i) => Holder::Instance { id: i.clone() },
             },
             cloud_checked_ms_ago: self
                 .node
@@ -42,7 +45,8 @@ impl Daemon {
                 .peer
                 .counters()
                 .into_iter()
-                .filter(|(k, _)| !k.starts_with("accepted") && k != "sent")
+                .filter(|(k, n)| *n > 0 && !k.starts_with("accepted") && k != "sent")
+                .map(|(reason, count)| RejectCount { reason, count })
                 .collect(),
             health: self.health_report(now),
             maintenance: self.node.maintenance().map(str::to_string),

@@ -72,6 +72,7 @@ impl Daemon {
                 advert,
                 incarnation,
             } => {
+                crate::metrics::heartbeat_received();
                 self.feed(Event::Heartbeat {
                     peer,
                     advert,
@@ -81,17 +82,20 @@ impl Daemon {
             }
             Received::Rejected { reason, from } => {
                 debug!(%from, reason, "heartbeat rejected");
+                crate::metrics::heartbeat_rejected(reason);
             }
         }
     }
 
     /// The master hooks are the last step of taking over: they end the running timeline.
     pub(super) fn on_hooks(&mut self, report: HookReport) {
+        crate::metrics::hooks_ran(&report);
         if report.transition != Transition::Master || !self.timeline.is_running() {
             return;
         }
         self.timeline.mark_at(Mark::HooksDone, report.finished_at);
         self.timeline.finish(Outcome::Master);
+        crate::metrics::move_finished(self.timeline.report().as_ref());
     }
 
     pub(super) async fn on_control(&mut self, inc: Incoming) {

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tokio::sync::mpsc;
-use tracing::error;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
 
 use crate::config::StopMode;
 
@@ -65,24 +67,81 @@ async fn host_is_shutting_down() -> bool {
     }
 }
 
-/// Tells systemd about readiness and status when run as a `Type=notify` service. Without
-/// `NOTIFY_SOCKET` (not under systemd) it does nothing.
-pub(super) fn sd_notify(msg: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name.as_bytes()),
-        None => SocketAddr::from_pathname(&path),
-    };
-    let sent = addr.and_then(|addr| {
-        let sock = UnixDatagram::unbound()?;
-        sock.send_to_addr(msg.as_bytes(), &addr)
-    });
-    if let Err(e) = sent {
-        error!(error = %e, socket = %path, "sd_notify failed");
+/// Tells systemd about readiness, status and stopping when run as a `Type=notify` service.
+/// Without `NOTIFY_SOCKET` (not under systemd) it does nothing.
+///
+/// The datagram goes out from a thread of its own: `sd_notify` writes to a blocking socket, and a
+/// receiver that does not read (a wedged manager, a test's socket) would otherwise block the
+/// event loop, and with it the heartbeats. A full queue drops the message rather than wait.
+pub(super) fn notify(state: &[NotifyState]) {
+    let line = state
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    if notifier().try_send(line).is_err() {
+        debug!("systemd notification dropped: the notifier is busy");
+    }
+}
+
+fn notifier() -> &'static std::sync::mpsc::SyncSender<String> {
+    static TX: std::sync::OnceLock<std::sync::mpsc::SyncSender<String>> =
+        std::sync::OnceLock::new();
+    TX.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(16);
+        std::thread::spawn(move || {
+            while let Ok(line) = rx.recv() {
+                let custom = [NotifyState::Custom(&line)];
+                if let Err(e) = sd_notify::notify(&custom) {
+                    error!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+                }
+            }
+        });
+        tx
+    })
+}
+
+/// The systemd watchdog as the loop sees it: `WATCHDOG=1` at most every half `WatchdogSec=`,
+/// sent from the loop itself when it handles a timer tick, so a loop that stops turning (a
+/// deadlock, an await that never returns) stops the pets and systemd restarts the daemon.
+#[derive(Debug)]
+pub(super) struct Watchdog {
+    /// Half the watchdog timeout; `None` when systemd asked for no watchdog.
+    every: Option<Duration>,
+    last: Option<Instant>,
+}
+
+impl Watchdog {
+    /// Reads `WATCHDOG_USEC` (and `WATCHDOG_PID`, which must be this process) once, at start.
+    pub(super) fn from_env(heartbeat: Duration) -> Watchdog {
+        let every = sd_notify::watchdog_enabled().map(|timeout| timeout / 2);
+        if let Some(every) = every {
+            info!(
+                every_ms = every.as_millis() as u64,
+                "systemd watchdog enabled"
+            );
+            if every < heartbeat {
+                warn!(
+                    "WatchdogSec= is shorter than 2 x heartbeat.interval: the loop ticks once a \
+                     heartbeat, so systemd may kill a healthy daemon. Raise WatchdogSec="
+                );
+            }
+        }
+        Watchdog { every, last: None }
+    }
+
+    /// Called on every tick of the loop: pets the watchdog when half its timeout has passed.
+    pub(super) fn tick(&mut self, now: Instant) {
+        let Some(every) = self.every else {
+            return;
+        };
+        if self
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) < every)
+        {
+            return;
+        }
+        self.last = Some(now);
+        notify(&[NotifyState::Watchdog]);
     }
 }

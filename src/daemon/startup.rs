@@ -23,6 +23,8 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// The control socket, served from start to exit.
 pub struct ControlEnds {
     pub requests: mpsc::Receiver<Incoming>,
+    /// For other askers of the loop (the metrics endpoint asks for the `role` snapshot).
+    pub requests_tx: mpsc::Sender<Incoming>,
     pub stop: oneshot::Sender<()>,
     pub task: JoinHandle<()>,
 }
@@ -30,11 +32,12 @@ pub struct ControlEnds {
 pub fn serve_control(listener: tokio::net::UnixListener) -> ControlEnds {
     let (tx, requests) = mpsc::channel::<Incoming>(16);
     let (stop, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(control::serve(listener, tx, async move {
+    let task = tokio::spawn(control::serve(listener, tx.clone(), async move {
         let _ = stop_rx.await;
     }));
     ControlEnds {
         requests,
+        requests_tx: tx,
         stop,
         task,
     }
@@ -105,6 +108,7 @@ fn report_reason(report: &RoleReport) -> &str {
 fn waiting_report(settings: &Settings, waiting: &str, since: std::time::SystemTime) -> RoleReport {
     let at = timeline::unix_ms(since);
     RoleReport {
+        schema_version: crate::report::SCHEMA_VERSION,
         node: settings.node.name.clone(),
         instance_id: settings
             .node
@@ -121,7 +125,7 @@ fn waiting_report(settings: &Settings, waiting: &str, since: std::time::SystemTi
             at_unix_ms: at,
         }),
         peers: Vec::new(),
-        cloud_holder: "unknown".into(),
+        cloud_holder: crate::report::Holder::Unknown,
         cloud_checked_ms_ago: None,
         hold_down_ms_left: None,
         last_failover: None,

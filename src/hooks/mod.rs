@@ -382,6 +382,11 @@ async fn execute(
     command
         .args(args)
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // systemd's notification and watchdog variables are for the daemon alone: a hook that
+        // called sd_notify would otherwise speak for it (READY=1, STOPPING=1, WATCHDOG=1).
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -463,6 +463,7 @@ pub fn settings(
             socket: PathBuf::from("/nonexistent/sock"),
             group: None,
         },
+        metrics: Default::default(),
         stop: StopSettings {
             mode: StopMode::Auto,
             restart_grace: Duration::from_secs(30),

@@ -116,6 +116,7 @@ fn the_documented_keys_are_exactly_the_parsers_keys() {
         ("hooks", parser_fields::<RawHooks>()),
         ("control", parser_fields::<RawControl>()),
         ("stop", parser_fields::<RawStop>()),
+        ("metrics", parser_fields::<RawMetrics>()),
         ("check", parser_fields::<RawCheck>()),
     ];
     let sections: BTreeSet<String> = parser_fields::<RawConfig>();
