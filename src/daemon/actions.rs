@@ -79,7 +79,7 @@ impl Daemon {
             // stops at whoever holds the ENI (HeldBy) instead of replacing them.
             expected_holder: expected_holder.and_then(|h| h.parse().ok()),
             force,
-            device_index: self.settings.group.device_index,
+            device_indexes: self.settings.group.device_indexes.clone(),
         };
         let mac = self.eni.as_ref().map(|e| e.mac.clone());
         self.to_cloud(CloudJob::Claim { req, mac });
