@@ -184,3 +184,74 @@ fn lab_hooks_started_early_leave_the_new_master_without_its_service() {
         context(&lab, &t)
     );
 }
+
+/// Point 3 of issue 10: after a forced detach from node-a (its host froze), the cloud refuses
+/// node-a's old device index (as AWS may until the instance is stopped and started). Failing
+/// back to node-a attaches the ENI at the next index and the client is served.
+#[test]
+fn lab_failback_after_a_forced_detach_attaches_at_the_next_index() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::up(Profile::from_env(), bin());
+    lab.front.refuse_index_after_forced_detach();
+    lab.start_pair(&options());
+    lab.freeze(A);
+    lab.wait_for("node-b serving", Duration::from_secs(20), |l| l.serving(B));
+    let forced =
+        lab.front.calls().into_iter().any(|c| {
+            c.action == "DetachNetworkInterface" && c.outcome == "forced" && c.status == 200
+        });
+    assert!(forced, "the failover forced the detach from node-a");
+    lab.thaw(A);
+    lab.wait_for(
+        "node-a backup, out of hold-down",
+        Duration::from_secs(30),
+        |l| {
+            l.role(A)
+                .is_some_and(|r| r.role == "backup" && r.hold_down_ms_left.is_none())
+        },
+    );
+    let out = lab.cli(B, &["yield", "--timeout", "15s"]);
+    assert!(
+        out.status.success(),
+        "{}\n--- node-a ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&lab.logs(A), 40)
+    );
+    lab.wait_for("node-a serving again", Duration::from_secs(20), |l| {
+        l.serving(A)
+    });
+    let a_id = lab.seeded.instance(A).to_string();
+    let attaches: Vec<(String, &'static str, u16)> = lab
+        .front
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == "AttachNetworkInterface")
+        .filter(|c| c.params.get("InstanceId") == Some(&a_id))
+        .map(|c| {
+            (
+                c.params.get("DeviceIndex").cloned().unwrap_or_default(),
+                c.outcome,
+                c.status,
+            )
+        })
+        .collect();
+    assert!(
+        attaches.contains(&("1".into(), "device-index-after-forced-detach", 400))
+            && attaches.contains(&("2".into(), "forwarded", 200)),
+        "node-a's attaches: {attaches:?}"
+    );
+    let steps: Vec<String> = lab
+        .role(A)
+        .and_then(|r| r.last_failover)
+        .map(|t| t.steps.into_iter().map(|s| s.label).collect())
+        .unwrap_or_default();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s == "attach refused at device index 1; trying 2"),
+        "the timeline says which index was used: {steps:?}"
+    );
+}
