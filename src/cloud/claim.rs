@@ -366,6 +366,8 @@ pub struct ClaimProc {
     cidr: Option<Ipv4Net>,
     steps: Vec<Step>,
     phase: ClaimPhase,
+    /// Which of `req.device_indexes` the next attach uses.
+    index_at: usize,
 }
 
 impl ClaimProc {
@@ -376,10 +378,20 @@ impl ClaimProc {
             cidr: None,
             steps: Vec::new(),
             phase: ClaimPhase::Start,
+            index_at: 0,
         }
     }
 
-    fn mark(&mut self, label: &'static str) {
+    /// The device index the next attach uses (1 if the caller gave none).
+    fn device_index(&self) -> u32 {
+        self.req
+            .device_indexes
+            .get(self.index_at)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    fn mark(&mut self, label: impl Into<String>) {
         self.steps.push(Step::now(label));
     }
 
@@ -562,7 +574,7 @@ impl ClaimProc {
         self.mark("attach requested");
         self.phase = ClaimPhase::Attach;
         Next::Call(Call::Attach {
-            device_index: self.req.device_index,
+            device_index: self.device_index(),
         })
     }
 
@@ -577,14 +589,30 @@ impl ClaimProc {
                 self.phase = ClaimPhase::AttachRefused { message: e.message };
                 Ok(Next::Call(Call::Describe))
             }
-            Some(Err(e)) if e.kind == CloudErrorKind::InvalidParameter => Err(CloudError::new(
-                CloudErrorKind::InvalidParameter,
-                format!(
-                    "attach {} to {} at device index {}: {} (is another interface at that \
-                     index?)",
-                    self.ctx.eni, self.ctx.me, self.req.device_index, e.message
-                ),
-            )),
+            Some(Err(e)) if e.kind == CloudErrorKind::InvalidParameter => {
+                let refused = self.device_index();
+                if self.index_at + 1 < self.req.device_indexes.len() {
+                    // After a forced detach AWS may refuse the old index on this instance
+                    // until it is stopped and started: the next index in the list may do.
+                    self.index_at += 1;
+                    let next = self.device_index();
+                    warn!(eni = %self.ctx.eni, refused, next, error = %e.message,
+                        "attach refused at this device index; trying the next");
+                    self.mark(format!(
+                        "attach refused at device index {refused}; trying {next}"
+                    ));
+                    return Ok(self.attach());
+                }
+                Err(CloudError::new(
+                    CloudErrorKind::InvalidParameter,
+                    format!(
+                        "attach {} to {} refused at every device index tried ({:?}), last: {} \
+                         (are other interfaces at those indexes? after a forced detach the \
+                         instance may need a stop and start)",
+                        self.ctx.eni, self.ctx.me, self.req.device_indexes, e.message
+                    ),
+                ))
+            }
             last => {
                 expect_accepted(last, "attach")?;
                 self.mark("attach accepted");
@@ -626,7 +654,8 @@ impl ClaimProc {
             } else if a.state == AttachState::Attached {
                 self.mark("attached");
                 info.subnet_cidr = info.subnet_cidr.or(self.cidr);
-                info!(eni = %self.ctx.eni, steps = self.steps.len(), "ENI attached here");
+                let device_index = self.device_index();
+                info!(eni = %self.ctx.eni, device_index, steps = self.steps.len(), "ENI attached here");
                 return Ok(self.keep(info, already_mine));
             } else if matches!(a.state, AttachState::Detaching | AttachState::Detached) {
                 return Err(CloudError::new(

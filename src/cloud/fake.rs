@@ -314,7 +314,7 @@ mod tests {
         let req = |h: Option<&InstanceId>| ClaimRequest {
             expected_holder: h.cloned(),
             force: true,
-            device_index: 1,
+            device_indexes: vec![1],
         };
         block(async {
             // c expects nobody: a holds it, so c must not detach a (nor try to attach).

@@ -86,7 +86,9 @@ pub struct ClaimRequest {
     pub expected_holder: Option<InstanceId>,
     /// The expected holder is believed dead: detach with `Force=true` at once.
     pub force: bool,
-    pub device_index: u32,
+    /// The device indexes to attach at, tried in order while the cloud refuses one as invalid
+    /// (after a forced detach AWS may refuse the old index on that instance); never empty.
+    pub device_indexes: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]

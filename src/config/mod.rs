@@ -86,8 +86,12 @@ pub struct GroupSettings {
     /// Carried in every heartbeat so two groups on one network never mix.
     pub id: u32,
     pub eni: EniId,
-    /// Device index the ENI is attached at (>= 1; 0 is the primary interface).
+    /// Device index the ENI is attached at (>= 1; 0 is the primary interface): the first of
+    /// `device_indexes`, the one the route table's default follows.
     pub device_index: u32,
+    /// The indexes a claim tries in order: after a forced detach AWS may refuse the old index on
+    /// that instance until it is stopped and started.
+    pub device_indexes: Vec<u32>,
     pub preempt: bool,
     pub preempt_delay: Duration,
     /// First hold-down after this node lost the ENI while master; doubles on repeats.

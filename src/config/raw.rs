@@ -82,12 +82,20 @@ pub struct RawPeer {
     pub instance_id: Option<String>,
 }
 
+/// `group.device-index`: one index, or the indexes to try in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawIndexes {
+    One(i64),
+    List(Vec<i64>),
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RawGroup {
     pub id: Option<i64>,
     pub eni: Option<String>,
-    pub device_index: Option<i64>,
+    pub device_index: Option<RawIndexes>,
     pub preempt: Option<bool>,
     pub preempt_delay: Option<String>,
     pub hold_down: Option<String>,

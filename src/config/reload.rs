@@ -39,8 +39,8 @@ pub fn live_changes(old: &Settings, new: &Settings) -> Result<Vec<&'static str>,
     fixed("group.eni", &old.group.eni, &new.group.eni);
     fixed(
         "group.device-index",
-        &old.group.device_index,
-        &new.group.device_index,
+        &old.group.device_indexes,
+        &new.group.device_indexes,
     );
     fixed("heartbeat.bind", &old.heartbeat.bind, &new.heartbeat.bind);
     fixed(

@@ -199,6 +199,53 @@ fn metrics_listen_takes_v4_and_v6_addresses() {
 }
 
 #[test]
+fn device_index_is_an_integer_then_the_next_two_or_a_list() {
+    let parse = |v: &str| {
+        Cfg::minimal()
+            .set("[group]", "device-index", v)
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .group
+    };
+    let g = Cfg::minimal()
+        .without_key("[group]", "device-index")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .group;
+    assert_eq!((g.device_index, g.device_indexes), (1, vec![1, 2, 3]));
+    let g = parse("2");
+    assert_eq!((g.device_index, g.device_indexes), (2, vec![2, 3, 4]));
+    assert_eq!(parse("30").device_indexes, [30, 31]);
+    let g = parse("[4, 1]");
+    assert_eq!((g.device_index, g.device_indexes), (4, vec![4, 1]));
+    let s = Cfg::minimal()
+        .set("[group]", "device-index", "[3, 1]")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s.network.route_table, 10_003,
+        "the first index names the table"
+    );
+}
+
+#[test]
+fn device_index_lists_are_checked_naming_the_entry() {
+    let at = |v: &str| keys(&Cfg::minimal().set("[group]", "device-index", v).text());
+    assert_eq!(at("[1, 0]"), ["group.device-index[1]"]);
+    assert_eq!(at("[1, 2, 1]"), ["group.device-index[2]"]);
+    assert_eq!(at("[]"), ["group.device-index"]);
+    let bad = keys(
+        &Cfg::minimal()
+            .set("[group]", "device-index", "\"one\"")
+            .text(),
+    );
+    assert!(
+        bad.iter().any(|k| k.contains("device-index")),
+        "a wrong type names the key: {bad:?}"
+    );
+}
+
+#[test]
 fn route_table_default_follows_device_index() {
     let s = Cfg::minimal()
         .set("[group]", "device-index", "3")

@@ -644,14 +644,8 @@ fn group(c: &mut Checker, g: &RawGroup) -> (Option<GroupSettings>, u32) {
             }
         },
     };
-    let device_index = c.int(
-        "group.device-index",
-        g.device_index,
-        1u32,
-        1,
-        31,
-        "(0 is the primary interface)",
-    );
+    let device_indexes = device_indexes(c, g.device_index.as_ref());
+    let device_index = device_indexes.first().copied().unwrap_or(1);
     let hold_down = c.nonzero("group.hold-down", g.hold_down.as_deref(), secs(30));
     let hold_down_max = c.nonzero("group.hold-down-max", g.hold_down_max.as_deref(), secs(600));
     if hold_down > hold_down_max {
@@ -669,12 +663,51 @@ fn group(c: &mut Checker, g: &RawGroup) -> (Option<GroupSettings>, u32) {
         id,
         eni,
         device_index,
+        device_indexes,
         preempt: g.preempt.unwrap_or(false),
         preempt_delay,
         hold_down,
         hold_down_max,
     });
     (settings, device_index)
+}
+
+/// How many indexes after a single configured one a claim also tries.
+const NEXT_INDEXES: u32 = 2;
+
+/// `group.device-index`: an integer n means n, then the next two (up to 31); a list is tried as
+/// written. Never empty (the default is 1, 2, 3).
+fn device_indexes(c: &mut Checker, v: Option<&RawIndexes>) -> Vec<u32> {
+    const WHAT: &str = "(0 is the primary interface)";
+    let key = "group.device-index";
+    let with_next = |n: u32| (n..=(n + NEXT_INDEXES).min(31)).collect::<Vec<u32>>();
+    match v {
+        None => with_next(1),
+        Some(RawIndexes::One(n)) => with_next(c.int(key, Some(*n), 1u32, 1, 31, WHAT)),
+        Some(RawIndexes::List(list)) => {
+            let mut out: Vec<u32> = Vec::new();
+            for (i, n) in list.iter().enumerate() {
+                let at = format!("{key}[{i}]");
+                let before = c.problems.len();
+                let index = c.int(&at, Some(*n), 0u32, 1, 31, WHAT);
+                if c.problems.len() != before {
+                    continue;
+                }
+                if out.contains(&index) {
+                    c.push(&at, format!("{index} is listed twice"));
+                } else {
+                    out.push(index);
+                }
+            }
+            if list.is_empty() {
+                c.push(key, "empty: give at least one device index, e.g. [1, 2, 3]");
+            }
+            if out.is_empty() {
+                out.push(1);
+            }
+            out
+        }
+    }
 }
 
 fn aws(c: &mut Checker, a: &RawAws) -> AwsSettings {

@@ -9,10 +9,10 @@ use tracing::{info, warn};
 
 use super::cloud_worker::CloudJob;
 use super::plan::PlanUse;
-use super::{signals, Daemon};
+use super::{signals, Daemon, EarlyHook};
 use crate::cloud::ClaimRequest;
 use crate::control::Response;
-use crate::core::{Action, ClaimKind, HookKind};
+use crate::core::{Action, ClaimKind, HookKind, Role};
 use crate::hooks::{HookEnv, Transition};
 use crate::timeline::Kind;
 
@@ -22,6 +22,7 @@ impl Daemon {
             Action::Transitioned { from, to, reason } => {
                 self.transitioned(&from, &to, &reason);
                 self.checks_role_changed(to);
+                self.early_master_hook(to, reason);
             }
             Action::Alert(alert) => self.alert(alert),
             Action::SendHeartbeat => self.send_heartbeat().await,
@@ -35,6 +36,10 @@ impl Daemon {
             Action::Release => self.release(),
             Action::ApplyNet => self.apply_net().await,
             Action::RemoveNet => self.remove_net().await,
+            Action::RunHooks {
+                kind: HookKind::Master,
+                ..
+            } if self.early_hook == EarlyHook::Ran => self.early_hook = EarlyHook::Armed,
             Action::RunHooks { kind, reason } => self.run_hooks(kind, reason),
             Action::Reply { token, result } => self.reply(token, result),
             Action::Exit => self.exit().await,
@@ -76,7 +81,7 @@ impl Daemon {
             // stops at whoever holds the ENI (HeldBy) instead of replacing them.
             expected_holder: expected_holder.and_then(|h| h.parse().ok()),
             force,
-            device_index: self.settings.group.device_index,
+            device_indexes: self.settings.group.device_indexes.clone(),
         };
         let mac = self.eni.as_ref().map(|e| e.mac.clone());
         self.to_cloud(CloudJob::Claim { req, mac });
@@ -121,6 +126,16 @@ impl Daemon {
             self.timeline.mark(crate::timeline::Mark::HooksStarted);
         }
         self.hooks.run(transition, env);
+    }
+
+    /// The negative control's seam ([`EarlyHook`]): the on-master hook at the transition, before
+    /// the host network exists, and the core's own one skipped.
+    fn early_master_hook(&mut self, to: Role, reason: String) {
+        if to == Role::Master && self.early_hook == EarlyHook::Armed {
+            warn!("test seam: running the on-master hook before the host network is applied");
+            self.run_hooks(HookKind::Master, reason);
+            self.early_hook = EarlyHook::Ran;
+        }
     }
 
     fn hook_env(&self, reason: String) -> HookEnv {

@@ -271,6 +271,32 @@ struct Daemon {
     /// The file the settings came from, re-read on SIGHUP.
     config_path: Option<std::path::PathBuf>,
     watchdog: signals::Watchdog,
+    /// Test seam for the lab's negative control ([`early_hook_seam`]): the on-master hook runs
+    /// at the transition, before the host network, as it did before issue 10.
+    early_hook: EarlyHook,
+}
+
+/// The negative control's seam: whether the on-master hook runs at the transition to master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EarlyHook {
+    /// The hook waits for the host network (the core's order).
+    Off,
+    /// The next transition to master runs the hook at once.
+    Armed,
+    /// The hook already ran at the transition: the core's (later) one is skipped.
+    Ran,
+}
+
+/// `ENIPEER_TEST_EARLY_MASTER_HOOK=1` turns the seam on; only debug builds read it, so a
+/// release binary always runs the hook after the host network is applied.
+fn early_hook_seam() -> EarlyHook {
+    let on = cfg!(debug_assertions)
+        && std::env::var_os("ENIPEER_TEST_EARLY_MASTER_HOOK").is_some_and(|v| v == "1");
+    if on {
+        EarlyHook::Armed
+    } else {
+        EarlyHook::Off
+    }
 }
 
 /// What woke the loop.
@@ -465,6 +491,7 @@ impl Daemon {
             checks: None,
             config_path: None,
             watchdog,
+            early_hook: early_hook_seam(),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::cloud::*;
 /// A claim or release in progress: the production step machine and whom it runs for.
 #[derive(Debug, Clone)]
 pub enum Proc {
-    Claim(ClaimProc),
+    Claim(Box<ClaimProc>),
     Release(ReleaseProc),
 }
 
@@ -465,9 +465,9 @@ impl Sim {
                         // As the daemon does: an id that does not parse expects nobody.
                         expected_holder: expected_holder.and_then(|h| h.parse().ok()),
                         force,
-                        device_index: 1,
+                        device_indexes: vec![1],
                     };
-                    self.start_proc(i, Proc::Claim(ClaimProc::new(req, context(i))));
+                    self.start_proc(i, Proc::Claim(Box::new(ClaimProc::new(req, context(i)))));
                 }
                 Action::Release => self.start_proc(i, Proc::Release(ReleaseProc::new(context(i)))),
                 Action::ApplyNet => self.apply_net(i, generation),

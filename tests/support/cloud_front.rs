@@ -85,6 +85,9 @@ struct State {
     detaching: HashMap<String, PendingDetach>,
     /// Attachment id -> DeleteOnTermination as last set.
     delete_on_termination: HashMap<String, bool>,
+    /// With [`FrontControl::refuse_index_after_forced_detach`]: (instance, device index) pairs a
+    /// forced detach freed, refused until the instance is stopped and started (never here).
+    forced_free: Option<Vec<(String, u32)>>,
 }
 
 /// An attachment change as the instance would see it: the ENI arrived (`attached`) or left.
@@ -192,6 +195,13 @@ impl FrontControl {
 
     pub fn clear_faults(&self) {
         self.state().faults.clear();
+    }
+
+    /// From now on, as AWS may: after a forced detach the instance cannot attach an interface
+    /// at that device index again (`InvalidParameterValue`) until it is stopped and started,
+    /// which never happens in the lab.
+    pub fn refuse_index_after_forced_detach(&self) {
+        self.state().forced_free.get_or_insert_with(Vec::new);
     }
 
     /// Calls `f` whenever an attach or a detach completes (after the configured delays).
@@ -765,6 +775,26 @@ async fn attach(
             "in-use",
         ));
     }
+    let forced_free = index.is_some_and(|i| {
+        let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.forced_free
+            .as_ref()
+            .is_some_and(|f| f.contains(&(instance.clone(), i)))
+    });
+    if forced_free {
+        return Ok((
+            error_response(
+                400,
+                "InvalidParameterValue",
+                &format!(
+                    "Instance '{instance}' cannot attach an interface at device index '{}' \
+                     after a forced detach until it is stopped and started.",
+                    index.unwrap_or_default()
+                ),
+            ),
+            "device-index-after-forced-detach",
+        ));
+    }
     if let Some(index) = index {
         if enis
             .iter()
@@ -828,10 +858,16 @@ async fn detach(
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let _decide = shared.decide.lock().await;
     let enis = moto_enis(shared, req).await?;
-    let Some((eni, holder)) = enis
+    let Some((eni, holder, index)) = enis
         .iter()
         .find(|e| e.attachment_id.as_deref() == Some(attachment.as_str()))
-        .map(|e| (e.id.clone(), e.instance_id.clone().unwrap_or_default()))
+        .map(|e| {
+            (
+                e.id.clone(),
+                e.instance_id.clone().unwrap_or_default(),
+                e.device_index,
+            )
+        })
     else {
         // Unknown attachment: moto answers InvalidAttachmentID.NotFound.
         return Ok((forward(shared.upstream, req).await?, "forwarded"));
@@ -846,6 +882,9 @@ async fn detach(
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             st.detaching.remove(&eni);
             st.attaching.remove(&eni);
+            if let (true, Some(f), Some(i)) = (force, st.forced_free.as_mut(), index) {
+                f.push((holder.clone(), i));
+            }
             drop(st);
             notify(
                 shared,

@@ -325,7 +325,8 @@ struct HotPlug {
     /// Instance id -> namespace, updated on reseed.
     ns_of: Mutex<HashMap<String, &'static str>>,
     mac: Mutex<String>,
-    delay: Duration,
+    /// How long after the cloud says `attached` the guest sees the device.
+    delay: Mutex<Duration>,
     /// One move at a time, in the order the cloud finished them.
     order: Mutex<()>,
     moves: AtomicUsize,
@@ -345,7 +346,8 @@ impl HotPlug {
                 return;
             };
             if c.attached {
-                std::thread::sleep(this.delay);
+                let delay = *this.delay.lock().unwrap_or_else(|e| e.into_inner());
+                std::thread::sleep(delay);
             }
             let _order = this.order.lock().unwrap_or_else(|e| e.into_inner());
             let mac = this.mac.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -419,6 +421,11 @@ fn nginx_conf_path(side: Side, dir: &Path) -> PathBuf {
 /// with only the lab's addresses, ids, paths and timings overridden. Everything else (priority,
 /// ports, tables, stop mode, timeouts the lab does not shorten) is the example's.
 pub fn agent_config(side: Side, eni: &str, o: &AgentOptions, dir: &Path) -> String {
+    agent_config_table(side, eni, o, dir).render()
+}
+
+/// [`agent_config`] before rendering, for scenarios that override more.
+pub fn agent_config_table(side: Side, eni: &str, o: &AgentOptions, dir: &Path) -> AgentConfig {
     let peer = side.peer();
     let path = |p: PathBuf| p.display().to_string();
     let nginx = path(nginx_conf_path(side, dir));
@@ -457,7 +464,7 @@ pub fn agent_config(side: Side, eni: &str, o: &AgentOptions, dir: &Path) -> Stri
         )
         .set("control", "socket", path(socket_path(side, dir)))
         .set("stop", "restart-grace", "10s");
-    c.render()
+    c
 }
 
 pub struct Lab {
@@ -474,6 +481,8 @@ pub struct Lab {
     dir: PathBuf,
     /// Deleted last, in [`Drop`], after every process in them was stopped.
     spaces: Vec<Netns>,
+    /// Extra environment for the agents this lab starts (test seams), until changed.
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Lab {
@@ -517,7 +526,7 @@ impl Lab {
         let hotplug = Arc::new(HotPlug {
             ns_of: Mutex::new(HashMap::new()),
             mac: Mutex::new(String::new()),
-            delay: hot,
+            delay: Mutex::new(hot),
             order: Mutex::new(()),
             moves: AtomicUsize::new(0),
         });
@@ -543,6 +552,7 @@ impl Lab {
             hotplug,
             dir,
             spaces,
+            agent_env: Vec::new(),
         };
         lab.apply_seed(seeded);
         for side in Side::BOTH {
@@ -709,6 +719,7 @@ impl Lab {
                 format!("http://{CLOUD_IP}:{}/", side.imds_port()),
             )
             .env("ENIPEER_LOG", "info")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

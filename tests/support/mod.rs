@@ -424,6 +424,7 @@ pub fn settings(
             id: 1,
             eni: lab.eni.clone(),
             device_index: 1,
+            device_indexes: vec![1, 2, 3],
             preempt: false,
             preempt_delay: Duration::from_secs(0),
             hold_down: Duration::from_secs(1),
@@ -484,6 +485,6 @@ pub fn req(expected: Option<&InstanceId>, force: bool) -> enipeer::cloud::ClaimR
     enipeer::cloud::ClaimRequest {
         expected_holder: expected.cloned(),
         force,
-        device_index: 1,
+        device_indexes: vec![1],
     }
 }

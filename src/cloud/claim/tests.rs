@@ -37,6 +37,8 @@ struct Model {
     forced: bool,
     /// Answer the next attach with InUse and hand the ENI to this instance.
     race_winner: Option<InstanceId>,
+    /// Device indexes an attach is refused at with InvalidParameter (AWS after a forced detach).
+    refused_indexes: Vec<u32>,
     calls: Vec<Call>,
 }
 
@@ -92,7 +94,13 @@ impl Model {
                 };
                 Ok(Reply::Described(info))
             }
-            Call::Attach { .. } => {
+            Call::Attach { device_index } => {
+                if self.refused_indexes.contains(device_index) {
+                    return Err(CloudError::new(
+                        CloudErrorKind::InvalidParameter,
+                        "already has an interface attached at that device index",
+                    ));
+                }
                 if let Some(w) = self.race_winner.take() {
                     self.att = Some((w, AttachState::Attached, false));
                 }
@@ -148,11 +156,15 @@ fn drive<M: Procedure>(mut m: M, model: &mut Model) -> (Result<M::Output, CloudE
 }
 
 fn claim(expected: Option<&str>, force: bool) -> ClaimProc {
+    claim_at(expected, force, vec![1])
+}
+
+fn claim_at(expected: Option<&str>, force: bool, device_indexes: Vec<u32>) -> ClaimProc {
     ClaimProc::new(
         ClaimRequest {
             expected_holder: expected.map(id),
             force,
-            device_index: 1,
+            device_indexes,
         },
         ctx(),
     )
@@ -323,4 +335,57 @@ fn a_driver_answering_the_wrong_call_is_reported_not_guessed() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(m.next(Duration::ZERO, None), Next::Done(Err(_))));
+}
+
+fn attach_indexes(model: &Model) -> Vec<u32> {
+    model
+        .calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Attach { device_index } => Some(*device_index),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_refused_device_index_falls_back_to_the_next_and_says_so() {
+    let mut model = Model {
+        refused_indexes: vec![1],
+        ..Model::default()
+    };
+    let (out, _) = drive(claim_at(None, false, vec![1, 2, 3]), &mut model);
+    let Ok(ClaimOutcome::Claimed { steps, .. }) = out else {
+        panic!("claimed at the next index: {out:?}");
+    };
+    assert_eq!(attach_indexes(&model), [1, 2]);
+    assert!(
+        labels(&steps).contains(&"attach refused at device index 1; trying 2"),
+        "{:?}",
+        labels(&steps)
+    );
+}
+
+#[test]
+fn a_claim_gives_up_only_after_every_listed_index() {
+    let mut model = Model {
+        refused_indexes: vec![1, 2, 3],
+        ..Model::default()
+    };
+    let (out, _) = drive(claim_at(None, false, vec![1, 2, 3]), &mut model);
+    let e = out.expect_err("every index refused");
+    assert_eq!(e.kind, CloudErrorKind::InvalidParameter);
+    assert!(e.message.contains("[1, 2, 3]"), "{}", e.message);
+    assert_eq!(attach_indexes(&model), [1, 2, 3]);
+}
+
+#[test]
+fn the_first_index_is_used_when_it_is_accepted() {
+    let mut model = Model {
+        refused_indexes: vec![2],
+        ..Model::default()
+    };
+    let (out, _) = drive(claim_at(None, false, vec![1, 2, 3]), &mut model);
+    assert!(matches!(out, Ok(ClaimOutcome::Claimed { .. })), "{out:?}");
+    assert_eq!(attach_indexes(&model), [1]);
 }

@@ -333,7 +333,7 @@ async fn claim_when_already_attached_here_makes_no_mutating_call() {
         .claim(ClaimRequest {
             expected_holder: None,
             force: false,
-            device_index: 1,
+            device_indexes: vec![1],
         })
         .await
         .unwrap();
@@ -363,7 +363,7 @@ async fn claim_stops_at_an_unexpected_holder() {
         .claim(ClaimRequest {
             expected_holder: Some("i-0cccccccccccccccc".parse().unwrap()),
             force: true,
-            device_index: 1,
+            device_indexes: vec![1],
         })
         .await
         .unwrap();

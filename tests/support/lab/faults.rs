@@ -125,4 +125,58 @@ impl Lab {
             .output();
         out.map(|o| !o.stdout.is_empty()).unwrap_or(false)
     }
+
+    /// How long after the cloud says `attached` the guest sees the device, from now on (the
+    /// profile's, or `ENIPEER_LAB_DELAYS`', until changed).
+    pub fn set_hotplug_delay(&self, delay: Duration) {
+        *self.hotplug.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
+    }
+
+    /// Replaces the lab's nginx on `side` (the wildcard `listen 80`) with one bound to the ENI's
+    /// primary address only (`listen <eni-ip>:80`), as a service that must restart after a
+    /// failover is configured. It is not started here: it cannot bind while the address is
+    /// absent. Returns the on-master hook that restarts it with nginx's own commands (there is
+    /// no systemd in the lab): stop the running one and wait for its pid file to go (a zombie
+    /// waiting for PID 1 to reap it counts as gone), then start it; nginx daemonizes, so the
+    /// hook ends, with nginx's exit status, once the new one has bound or failed to.
+    pub fn bound_nginx(&mut self, side: Side) -> Vec<String> {
+        self.stop_nginx(side);
+        let name = side.name();
+        let dir = self.dir.display().to_string();
+        let conf = self.dir.join(format!("nginx-bound-{name}.conf"));
+        let pid = format!("{dir}/nginx-bound-{name}.pid");
+        let text = format!(
+            "daemon on;\nmaster_process on;\nworker_processes 1;\npid {pid};\n\
+             error_log {dir}/nginx-bound-{name}.err warn;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  server {{\n    listen {ip}:80;\n    default_type text/plain;\n\
+             \x20   location / {{ return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
+            ip = self.layout.eni_ip(),
+        );
+        std::fs::write(&conf, text).expect("nginx conf");
+        let conf = conf.display().to_string();
+        let script = format!(
+            "if [ -s {pid} ]; then /usr/sbin/nginx -c {conf} -s stop; i=0; \
+             while [ -e {pid} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi; \
+             exec /usr/sbin/nginx -c {conf}"
+        );
+        vec!["/bin/sh".into(), "-c".into(), script]
+    }
+
+    /// What nginx bound by [`Lab::bound_nginx`] on `side` logged (its startup errors).
+    pub fn bound_nginx_errors(&self, side: Side) -> String {
+        let f = self.dir.join(format!("nginx-bound-{}.err", side.name()));
+        std::fs::read_to_string(f).unwrap_or_default()
+    }
+
+    /// Writes the agent config of `side` with `on_master` as its only on-master hook.
+    pub fn write_config_with_hook(
+        &self,
+        side: Side,
+        o: &super::AgentOptions,
+        on_master: &[String],
+    ) {
+        let mut c = super::agent_config_table(side, self.seeded.eni.as_str(), o, &self.dir);
+        c.set("hooks", "on-master", vec![on_master.to_vec()]);
+        std::fs::write(&self.node(side).config, c.render()).expect("agent config");
+    }
 }
