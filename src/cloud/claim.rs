@@ -446,7 +446,7 @@ enum ClaimPhase {
     },
     /// Waiting for the answer to clearing delete-on-termination.
     Keep {
-        info: EniInfo,
+        info: Box<EniInfo>,
         already_mine: bool,
     },
     Done,
@@ -463,7 +463,7 @@ pub struct ClaimProc {
     /// The subnet CIDR from the first description (later polls may not carry it).
     cidr: Option<Ipv4Net>,
     /// The last description, for an early claim.
-    latest: Option<EniInfo>,
+    latest: Option<Box<EniInfo>>,
     /// The early claim went out: what follows is its confirmation.
     early: bool,
     calls: CallCount,
@@ -522,7 +522,7 @@ impl ClaimProc {
         if !attaching || self.early {
             return None;
         }
-        let mut info = self.latest.clone()?;
+        let mut info = *self.latest.clone()?;
         self.early = true;
         self.steps.push(Step::mark(Mark::LinkSeen, Instant::now()));
         info.subnet_cidr = info.subnet_cidr.or(self.cidr);
@@ -550,7 +550,7 @@ impl ClaimProc {
     fn look(&mut self, last: Option<Result<Reply, CloudError>>) -> Result<EniInfo, CloudError> {
         let info = expect_info(last)?;
         self.cidr = self.cidr.or(info.subnet_cidr);
-        self.latest = Some(info.clone());
+        self.latest = Some(Box::new(info.clone()));
         Ok(info)
     }
 
@@ -626,7 +626,7 @@ impl ClaimProc {
                     a.delete_on_termination = false;
                 }
                 self.mark("delete-on-termination cleared");
-                Ok(self.claimed(info, already_mine))
+                Ok(self.claimed(*info, already_mine))
             }
             ClaimPhase::Done => Err(finished()),
         }
@@ -840,7 +840,10 @@ impl ClaimProc {
             Some(a) if a.delete_on_termination => {
                 self.mark("delete-on-termination clear requested");
                 let attachment_id = a.attachment_id.clone();
-                self.phase = ClaimPhase::Keep { info, already_mine };
+                self.phase = ClaimPhase::Keep {
+                    info: Box::new(info),
+                    already_mine,
+                };
                 Next::Call(Call::KeepOnTermination { attachment_id })
             }
             _ => self.claimed(info, already_mine),

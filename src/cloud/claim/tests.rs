@@ -501,8 +501,10 @@ fn the_link_after_the_attach_is_the_claim_and_the_api_confirms_it_later() {
 
 #[test]
 fn an_early_claim_whose_attachment_the_api_gives_to_another_is_held_by_it() {
-    let mut model = Model::default();
-    model.attaching_for = 1;
+    let mut model = Model {
+        attaching_for: 1,
+        ..Model::default()
+    };
     let mut m = claim(None, false);
     let mut early = None;
     let mut last = None;
