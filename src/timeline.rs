@@ -433,4 +433,50 @@ mod tests {
             Some("lost: i-0000000b holds the ENI".to_string())
         );
     }
+
+    #[test]
+    fn a_claim_acted_on_early_ends_when_the_api_has_answered() {
+        let labels = |r: &Recorder| -> Vec<String> {
+            let t = r.report().expect("a timeline");
+            t.steps.into_iter().map(|s| s.label).collect()
+        };
+        // (API answer, the timeline's outcome)
+        let table = [
+            (None, "master"),
+            (
+                Some(Outcome::Lost {
+                    holder: "i-0000000b".into(),
+                }),
+                "lost: i-0000000b holds the ENI",
+            ),
+        ];
+        for (answer, want) in table {
+            let mut r = Recorder::default();
+            r.claim_started(Kind::Failover, "peer silent");
+            r.extend([Step::now("link seen")]);
+            r.expect_confirmation();
+            r.mark(Mark::NetApplied);
+            r.mark(Mark::HooksDone);
+            r.finish(Outcome::Master);
+            assert!(r.is_running(), "held until the API answers");
+            r.confirmed([Step::now("attached")], answer);
+            assert!(!r.is_running());
+            let last = r.report().expect("the last timeline");
+            assert_eq!(last.outcome.as_deref(), Some(want));
+            let l = labels(&r);
+            let (link, attached) = (
+                l.iter().position(|s| s == "link seen"),
+                l.iter().position(|s| s == "attached"),
+            );
+            assert!(link < attached, "the link came first: {l:?}");
+        }
+        // A confirmation for a timeline a newer claim replaced changes nothing.
+        let mut r = Recorder::default();
+        r.claim_started(Kind::Failover, "peer silent");
+        r.expect_confirmation();
+        r.claim_started(Kind::Reclaim, "detached from this master");
+        r.confirmed([Step::now("attached")], None);
+        assert!(r.is_running());
+        assert!(!labels(&r).contains(&"attached".to_string()));
+    }
 }
