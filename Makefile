@@ -37,8 +37,9 @@ fmt:
 fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run wire_decode -- -max_total_time=60
 
-## Packages. One release build feeds both; the man pages and completions are generated from the
-## CLI definition by the release binary itself. Output: target/packages/*.deb, *.rpm.
+## Packages. One release build feeds both; the man pages (enipeer(8) and its subcommands' from
+## the CLI definition, enipeer.toml(5) from the key reference) and the completions are generated
+## by the release binary itself. Output: target/packages/*.deb, *.rpm.
 ## Needs cargo-deb and cargo-generate-rpm (`cargo install --locked cargo-deb cargo-generate-rpm`).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 ASSETS := target/assets
@@ -47,7 +48,7 @@ PACKAGES := target/packages
 assets: release
 	rm -rf $(ASSETS)
 	$(TARGET_DIR)/release/enipeer generate-assets $(ASSETS) >/dev/null
-	gzip -9n $(ASSETS)/man/*.1
+	gzip -9n $(ASSETS)/man/*.8 $(ASSETS)/man/*.5
 
 deb: assets
 	mkdir -p $(PACKAGES)

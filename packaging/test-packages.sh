@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Package test (`make package-test`, run by .ci/run): builds the .deb and the .rpm, compares their
 # contents with packaging/expected-{deb,rpm}.txt, checks their metadata, then installs the .deb
-# on this machine and exercises it: the binary, the man page, the conffile, `enipeer check` on
+# on this machine and exercises it: the binary, the man pages, the conffile, `enipeer check` on
 # the shipped example, the systemd unit, reinstall, remove and purge. The install part needs
 # root and is skipped without it. Ends with "N passed, M failed"; exits non-zero on any failure.
 set -euo pipefail
@@ -167,7 +167,7 @@ fi
 
 touch "$marker"
 # Slim images tell dpkg to skip man pages and docs; include ours so the checks see a normal host.
-dpkg_i=(dpkg --path-include='/usr/share/man/man1/enipeer*' --path-include='/usr/share/doc/enipeer/*' -i)
+dpkg_i=(dpkg --path-include='/usr/share/man/man[58]/enipeer*' --path-include='/usr/share/doc/enipeer/*' -i)
 if ! "${dpkg_i[@]}" "$deb" >"$work/install.log" 2>&1; then
   fail "dpkg -i" "$(cat "$work/install.log")"
   finish
@@ -179,9 +179,28 @@ contains "first install mentions enipeer keygen" "enipeer keygen /etc/enipeer/pe
 check "first install enables the unit" test -L /etc/systemd/system/multi-user.target.wants/enipeer.service
 
 same "enipeer --version" "enipeer $version" "$(enipeer --version 2>&1)"
-same "man -w enipeer" "/usr/share/man/man1/enipeer.1.gz" "$(man -w enipeer 2>&1)"
-same "man -w enipeer-keygen" "/usr/share/man/man1/enipeer-keygen.1.gz" "$(man -w enipeer-keygen 2>&1)"
-check "man page renders" sh -c 'man -P cat enipeer 2>&1 | grep -q "EXIT STATUS"'
+# The daemon and its admin commands are in section 8, the config file in 5 (man-pages(7)).
+same "man -w enipeer" "/usr/share/man/man8/enipeer.8.gz" "$(man -w enipeer 2>&1)"
+same "man -w 8 enipeer" "/usr/share/man/man8/enipeer.8.gz" "$(man -w 8 enipeer 2>&1)"
+for sub in check keygen maintenance role run yield; do
+  same "man -w enipeer-$sub" "/usr/share/man/man8/enipeer-$sub.8.gz" "$(man -w "enipeer-$sub" 2>&1)"
+done
+same "man -w 5 enipeer.toml" "/usr/share/man/man5/enipeer.toml.5.gz" "$(man -w 5 enipeer.toml 2>&1)"
+check "enipeer(8) renders with its operator sections" sh -c \
+  'out=$(man -P cat 8 enipeer 2>&1) && for s in SIGNALS "EXIT STATUS" ENVIRONMENT FILES; do
+     printf "%s\n" "$out" | grep -qx "$s" || { echo "no $s in:"; echo "$out"; exit 1; }; done'
+check "enipeer.toml(5) renders with a section per table" sh -c \
+  'out=$(man -P cat 5 enipeer.toml 2>&1) && for s in "[node]" "[[peer]]" "[heartbeat]" "[[check]]"; do
+     printf "%s\n" "$out" | grep -qxF "$s" || { echo "no $s in:"; echo "$out"; exit 1; }; done'
+# groff's own warnings (a bad escape, an unknown macro) are a broken page.
+for page in /usr/share/man/man8/enipeer*.8.gz /usr/share/man/man5/enipeer.toml.5.gz; do
+  if out=$(man --warnings -E UTF-8 -l "$page" 2>&1 >/dev/null) && [[ -z "$out" ]]; then
+    pass "$(basename "$page") renders without a groff warning"
+  else
+    fail "$(basename "$page") renders without a groff warning" "$out"
+  fi
+done
+check "troubleshooting guide is installed" test -s /usr/share/doc/enipeer/troubleshooting.md
 same "conffile mode and owner" "640 root:root" "$(stat -c '%a %U:%G' /etc/enipeer/enipeer.toml)"
 check "bash completion loads" bash -c \
   'source /usr/share/bash-completion/completions/enipeer && complete -p enipeer'

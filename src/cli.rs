@@ -53,7 +53,8 @@ pub enum Command {
         /// Config file.
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
-        /// Also check the cloud side: the ENI, its AZ, IAM permissions (DryRun), the peers.
+        /// Also check the cloud side (the ENI, its AZ, IAM permissions by DryRun) and every peer
+        /// (an authenticated echo to each address: key, group id, port). Exits 1 if any fails.
         #[arg(long)]
         preflight: bool,
     },
@@ -81,6 +82,29 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Maintenance mode: a node in maintenance never takes the ENI; a master hands it over to a
+    /// healthy peer first. Survives restarts. Exits 0 once done.
+    Maintenance {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        mode: OnOff,
+        /// Why (shown in `enipeer role` and on the peer).
+        #[arg(long, default_value = "operator")]
+        reason: String,
+        /// On a master with no healthy peer: enter maintenance anyway and keep the ENI until a
+        /// peer can take it.
+        #[arg(long)]
+        force: bool,
+        /// Config file (read for `control.socket`).
+        #[arg(short, long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Control socket (overrides the config's `control.socket`).
+        #[arg(short, long)]
+        socket: Option<PathBuf>,
+        /// How long a master waits for the peer to take over.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Write a new random shared key for heartbeat authentication (mode 0600).
     Keygen {
         /// Where to write it.
@@ -105,7 +129,13 @@ pub fn main() -> i32 {
         Command::Check { config, preflight } => match config::check_command(&config) {
             (crate::exit::OK, Some(settings)) if preflight => {
                 println!("preflight:");
-                crate::cloud::ec2::preflight_command(&settings)
+                let cloud = crate::cloud::ec2::preflight_command(&settings);
+                let peers = crate::peer::preflight::preflight_command(&settings);
+                if cloud != crate::exit::OK {
+                    cloud
+                } else {
+                    peers
+                }
             }
             (code, _) => code,
         },
@@ -121,6 +151,22 @@ pub fn main() -> i32 {
             socket,
             timeout,
         } => yield_(&config, socket, timeout),
+        Command::Maintenance {
+            mode,
+            reason,
+            force,
+            config,
+            socket,
+            timeout,
+        } => {
+            let req = Request::Maintenance {
+                on: mode == OnOff::On,
+                reason,
+                force,
+                timeout_ms: timeout.as_millis() as u64,
+            };
+            ask(&socket_path(&config, socket), req, timeout, "maintenance")
+        }
     }
 }
 
@@ -164,7 +210,7 @@ fn run(path: &Path) -> i32 {
             return crate::exit::SOFTWARE;
         }
     };
-    match rt.block_on(crate::daemon::run(settings)) {
+    match rt.block_on(crate::daemon::run(settings, Some(path.to_path_buf()))) {
         Ok(()) => crate::exit::OK,
         Err(e) => {
             tracing::error!(kind = e.kind(), "{}", error_chain(&e));
@@ -243,18 +289,22 @@ fn role(config: &Path, socket: Option<PathBuf>, json: bool) -> i32 {
 }
 
 fn yield_(config: &Path, socket: Option<PathBuf>, timeout: Duration) -> i32 {
-    let socket = socket_path(config, socket);
     let req = Request::Yield {
         timeout_ms: timeout.as_millis() as u64,
     };
+    ask(&socket_path(config, socket), req, timeout, "yield")
+}
+
+/// A request the daemon answers once it is carried out (or failed).
+fn ask(socket: &Path, req: Request, timeout: Duration, what: &str) -> i32 {
     // The daemon answers within the timeout plus its own slack; wait a little longer than that.
-    match request(&socket, req, timeout + Duration::from_secs(15)) {
+    match request(socket, req, timeout + Duration::from_secs(15)) {
         Ok(Response::Yielded { message }) => {
             println!("{message}");
             crate::exit::OK
         }
         Ok(Response::Error { message }) => {
-            eprintln!("enipeer: yield failed: {message}");
+            eprintln!("enipeer: {what} failed: {message}");
             crate::exit::FAILURE
         }
         Ok(other) => {
@@ -266,4 +316,11 @@ fn yield_(config: &Path, socket: Option<PathBuf>, timeout: Duration) -> i32 {
             crate::exit::UNAVAILABLE
         }
     }
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }

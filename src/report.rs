@@ -27,6 +27,13 @@ pub struct RoleReport {
     /// Service checks and the corroborating probe (absent from reports of older releases).
     #[serde(default)]
     pub health: HealthReport,
+    /// The operator's reason while this node is in maintenance.
+    #[serde(default)]
+    pub maintenance: Option<String>,
+    /// Host network config a removal left behind (one line per plan: what failed), retried on
+    /// each reconcile until the host is clean; empty when it is.
+    #[serde(default)]
+    pub leftovers: Vec<String>,
 }
 
 /// This node's service health as `role` shows it.
@@ -75,18 +82,22 @@ pub struct PeerReport {
     /// What the peer last said of its own checks.
     #[serde(default)]
     pub healthy: Option<bool>,
+    #[serde(default)]
+    pub maintenance: Option<bool>,
 }
 
 impl RoleReport {
     /// The short human summary printed by `enipeer role`.
     pub fn render(&self, now_unix_ms: u64) -> String {
         let ago = |t: u64| fmt_ms(now_unix_ms.saturating_sub(t));
-        let condition = if self.health.degraded {
-            " (degraded: checks fail, no healthy peer)"
+        let condition = if let Some(reason) = &self.maintenance {
+            format!(" (maintenance: {reason})")
+        } else if self.health.degraded {
+            " (degraded: checks fail, no healthy peer)".into()
         } else if self.health.silent_but_serving.is_some() {
-            " (peer silent, service up)"
+            " (peer silent, service up)".into()
         } else {
-            ""
+            String::new()
         };
         let mut out = format!(
             "node {} ({}): {}{condition} for {}\n",
@@ -117,15 +128,18 @@ impl RoleReport {
             out.push_str(&format!("  hold-down: {} left\n", fmt_ms(ms)));
         }
         out.push_str(&self.health.render());
+        for l in &self.leftovers {
+            out.push_str(&format!("  LEFTOVER on the host (retried): {l}\n"));
+        }
         for p in &self.peers {
             out.push_str(&format!(
                 "  peer {}: {}{}, {}{}\n",
                 p.name,
                 p.role.as_deref().unwrap_or("never heard"),
-                if p.healthy == Some(false) {
-                    " (checks failing)"
-                } else {
-                    ""
+                match (p.healthy, p.maintenance) {
+                    (_, Some(true)) => " (in maintenance)",
+                    (Some(false), _) => " (checks failing)",
+                    _ => "",
                 },
                 match p.last_heard_ms_ago {
                     Some(ms) => format!("last heartbeat {} ago", fmt_ms(ms)),

@@ -138,6 +138,13 @@ fn preflight_reports_an_unreachable_cloud_as_failed_checks() {
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("FAIL"), "{all}");
+    // The peer check runs too and names the peer; here it cannot even bind, since the example's
+    // heartbeat.bind (198.18.0.10) is not an address of this host.
+    assert!(
+        all.contains("FAIL  peer node-b at 198.18.0.11:7460: cannot bind 198.18.0.10:0"),
+        "{all}"
+    );
+    assert!(all.contains("peer check failed for: node-b"), "{all}");
 }
 
 /// The `# expect: ...` lines at the top of a bad config.
@@ -207,6 +214,46 @@ fn key_file_readable_by_others_is_refused_with_chmod_hint() {
         "{stderr}"
     );
     assert!(stderr.contains("1 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn previous_key_file_is_checked_like_the_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, key) = example_with_key(dir.path());
+    let old = dir.path().join("peer.key.old");
+    keyfile::write_new_key(&old, false).expect("write old key");
+    let body = fs::read_to_string(&config).unwrap().replace(
+        &format!("key-file = \"{}\"\n", key.display()),
+        &format!(
+            "key-file = \"{}\"\nprevious-key-file = \"{}\"\n",
+            key.display(),
+            old.display()
+        ),
+    );
+    fs::write(&config, body).unwrap();
+    let out = enipeer(&["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("also accepting"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = enipeer(&["check", "-c", config.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("auth.previous-key-file"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod 600 {}", old.display())),
+        "{stderr}"
+    );
+
+    fs::remove_file(&old).unwrap();
+    let out = enipeer(&["check", "-c", config.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
 #[test]

@@ -78,6 +78,7 @@ impl Cluster {
 [node]
 name = "{name}"
 instance-id = "{instance}"
+state-dir = "{state}"
 
 [[peer]]
 name = "{peer}"
@@ -102,6 +103,7 @@ verify-interval = "1s"
 [hooks]
 timeout = "5s"
 on-master = [["/bin/sh", "-c", "echo $ENIPEER_TRANSITION $ENIPEER_ADDRESSES >> {marker}"]]
+on-event = [["/bin/sh", "-c", "echo $ENIPEER_EVENT $ENIPEER_EVENT_PEER >> {events}"]]
 
 [control]
 socket = "{socket}"
@@ -119,6 +121,8 @@ fake-net = true
             marker = marker.display(),
             socket = socket.display(),
             cloud = dir.join("cloud.json").display(),
+            state = dir.join(format!("{name}.state")).display(),
+            events = dir.join(format!("{name}.events")).display(),
         );
         std::fs::write(&config, text).expect("config");
         Node {
@@ -396,6 +400,7 @@ fn attack(port: u16) {
             stopping_ms: 0,
             wants_master: false,
             healthy: true,
+            maintenance: false,
         },
     };
     let good = encode(&packet("node-b", 1, now_ms), &key).expect("encode");
@@ -420,4 +425,115 @@ fn attack(port: u16) {
     ] {
         sock.send_to(p, to).expect("send");
     }
+}
+
+#[test]
+fn maintenance_hands_over_survives_a_restart_and_never_claims() {
+    let mut c = Cluster::new(Some("i-0000000a"));
+    c.a.start();
+    c.b.start();
+    wait_for("a master, b backup", Duration::from_secs(10), || {
+        c.b.role_name().as_deref() == Some("backup")
+            && c.a.role().is_some_and(|r| {
+                r.role == "master" && r.peers.iter().all(|p| p.role.as_deref() == Some("backup"))
+            })
+    });
+    // On the master: hands over first, answers once b is master.
+    let out = c.a.cli(&[
+        "maintenance",
+        "on",
+        "--reason",
+        "kernel update",
+        "--timeout",
+        "10s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.holder().as_deref(), Some("i-0000000b"));
+    let a = c.a.role().expect("role");
+    assert_eq!(a.role, "backup");
+    assert_eq!(a.maintenance.as_deref(), Some("kernel update"));
+    let b = c.b.role().expect("role");
+    assert_eq!(b.peers[0].maintenance, Some(true), "the peer knows");
+    // b in turn cannot hand over to a node in maintenance without --force.
+    let out = c.b.cli(&["maintenance", "on"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    // The mode survives a restart of a; with b dead, a still does not claim.
+    c.a.signal("-KILL");
+    c.a.wait_exit(Duration::from_secs(5));
+    c.a.start();
+    wait_for("a back, in maintenance", Duration::from_secs(10), || {
+        // Heard b too: a holder never heard since start is not forced off without a check.
+        c.a.role().is_some_and(|r| {
+            r.role == "backup"
+                && r.maintenance.is_some()
+                && r.peers.iter().all(|p| p.last_heard_ms_ago.is_some())
+        })
+    });
+    c.b.signal("-KILL");
+    c.b.wait_exit(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.a.role_name().as_deref(), Some("backup"));
+    assert_eq!(
+        c.holder().as_deref(),
+        Some("i-0000000b"),
+        "no claim in maintenance"
+    );
+    // Off: a takes over the dead b's ENI.
+    let out = c.a.cli(&["maintenance", "off"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.a.role_name().as_deref() != Some("master") {
+        assert!(Instant::now() < deadline, "a not master: {}", c.a.logs());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // The on-event hook was told when b was lost, and is told when it is back.
+    let events = || std::fs::read_to_string(c.dir.path().join("node-a.events")).unwrap_or_default();
+    assert!(events().contains("peer-lost node-b"), "{}", events());
+    c.b.start();
+    wait_for("peer-back event", Duration::from_secs(10), || {
+        events().contains("peer-back node-b")
+    });
+}
+
+#[test]
+fn sighup_reloads_what_can_change_and_refuses_the_rest_without_a_role_change() {
+    let mut c = Cluster::new(Some("i-0000000a"));
+    c.a.start();
+    c.b.start();
+    wait_for("a master", Duration::from_secs(10), || {
+        c.a.role_name().as_deref() == Some("master")
+    });
+    let original = std::fs::read_to_string(&c.a.config).expect("config");
+    let since = c.a.role().expect("role").since_unix_ms;
+    let reload = |node: &mut Node, text: &str, expect: &str| {
+        std::fs::write(&node.config, text).expect("config");
+        node.signal("-HUP");
+        let n: &Node = node;
+        wait_for(expect, Duration::from_secs(10), || n.logs().contains(expect));
+    };
+    // A valid change: applied live.
+    let changed = original.replace("hold-down = \"2s\"", "hold-down = \"3s\"");
+    assert_ne!(changed, original);
+    reload(&mut c.a, &changed, "config reloaded");
+    assert!(c.a.logs().contains("group.hold-down"), "{}", c.a.logs());
+    // An invalid file: refused with check's messages, the daemon runs on.
+    reload(&mut c.a, &format!("{changed}\n[bogus]\n"), "reload refused");
+    assert!(c.a.logs().contains("bogus"), "names the bad key: {}", c.a.logs());
+    // A key that cannot change live: refused, naming it.
+    let eni = changed.replace("eni-0123456789abcdef0", "eni-0fedcba9876543210");
+    reload(&mut c.a, &eni, "reload refused: group.eni");
+    // Nothing moved and the daemon is still there.
+    assert!(c.a.wait_exit(Duration::from_millis(300)).is_none(), "still running");
+    let r = c.a.role().expect("role");
+    assert_eq!((r.role.as_str(), r.since_unix_ms), ("master", since));
+    assert_eq!(c.holder().as_deref(), Some("i-0000000a"));
 }

@@ -137,6 +137,11 @@ fn primary_host_failure(lab: &mut Lab, dead_interval: Duration) -> (Outage, Samp
         .and_then(|r| r.last_failover)
         .expect("node-b reports its failover timeline");
     assert_eq!(failover.kind, "failover", "{failover:?}");
+    assert!(
+        failover.reason.contains("does not answer through the ENI"),
+        "a host failure is corroborated by the probe: {}",
+        failover.reason
+    );
     let detection =
         Duration::from_millis(failover.started_unix_ms.saturating_sub(unix_ms(fault_wall)));
     println!(
@@ -212,7 +217,12 @@ fn lab_primary_host_failure() {
             Some(B),
             "the cloud attaches the ENI to node-b"
         );
-        assert!(outage.total < secs(10.0), "{outage:?}");
+        // The budget is 1.2 s at the defaults, for the median (`measure`: median of 10 runs).
+        // One run here: detection is enipeer's own (the corroborating probe must already have
+        // `fall` failures when the dead interval ends, so it ends then), the rest depends on
+        // how loaded the machine is (moto answered in 120 ms instead of 20 ms in a slow run).
+        assert!(outage.total < secs(2.0), "{outage:?}");
+        assert!(outage.detection < secs(1.1), "{outage:?}");
         // node-a comes back: backup, stale policy rules gone, and it does not take the ENI back.
         lab.thaw(A);
         lab.wait_for("node-a backup after thaw", secs(15.0), |l| {
@@ -228,24 +238,102 @@ fn lab_primary_host_failure() {
     });
 }
 
+/// The master's agent SIGKILLed while nginx serves through the ENI, restarted 2 s later (as
+/// systemd would): the backup hears nothing but the service answers, so nothing moves and the
+/// client sees nothing.
 #[test]
 fn lab_primary_agent_killed_while_nginx_runs() {
     with_lab(|lab| {
-        lab.reset();
-        lab.start_pair(&AgentOptions::default());
-        let probe = Probe::start(secs(20.0));
-        std::thread::sleep(secs(0.3));
+        let probe = steady_pair(lab);
         lab.signal_agent(A, Signal::SIGKILL);
-        lab.wait_for("node-b serving", secs(20.0), |l| {
-            l.holder() == Some(B) && l.serving(B)
-        });
-        let s = probe.finish();
-        println!(
-            "  longest gap {:?}, {} failed probes",
-            s.longest_gap(),
-            s.failed()
+        lab.wait_agent(A, secs(5.0));
+        std::thread::sleep(secs(2.0));
+        let r = lab.role(B).expect("node-b answers");
+        assert_eq!(r.role, "backup");
+        assert_eq!(
+            r.health.silent_but_serving.as_deref(),
+            Some(A.name()),
+            "node-b shows the peer silent, service up: {:?}",
+            r.health
         );
-        assert_eq!(s.last(), Some(B.name()));
+        lab.start_agent(A);
+        lab.wait_for("node-a master again", secs(15.0), |l| {
+            l.role_name(A) == "master"
+        });
+        std::thread::sleep(secs(1.0));
+        assert_untouched(lab, &probe.finish(), "the master's agent killed");
+    });
+}
+
+/// The master's agent paused (SIGSTOP) for 3 s with nginx serving: nothing moves.
+#[test]
+fn lab_primary_agent_paused_3_s() {
+    with_lab(|lab| {
+        let probe = steady_pair(lab);
+        lab.stall_agent(A, secs(3.0), 1, Duration::ZERO);
+        std::thread::sleep(secs(2.0));
+        assert_eq!(lab.role_name(A), "master");
+        assert_untouched(lab, &probe.finish(), "the master's agent paused 3 s");
+    });
+}
+
+/// The pair started (node-a master, node-b backup), the cloud's call log cleared, and the
+/// client probing the EIP (up to 90 s): the start of every "nothing may move" scenario.
+fn steady_pair(lab: &mut Lab) -> Probe {
+    steady_pair_with(lab, &AgentOptions::default())
+}
+
+fn steady_pair_with(lab: &mut Lab, o: &AgentOptions) -> Probe {
+    lab.reset();
+    lab.start_pair(o);
+    lab.front.clear_calls();
+    let probe = Probe::start(secs(90.0));
+    std::thread::sleep(secs(0.3));
+    probe
+}
+
+/// ENI moves since the call log was last cleared: attaches and detaches the cloud carried out.
+fn eni_moves(lab: &Lab) -> usize {
+    lab.front
+        .calls()
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.action.as_str(),
+                "AttachNetworkInterface" | "DetachNetworkInterface"
+            ) && c.status == 200
+        })
+        .count()
+}
+
+/// The master served throughout `what`: the ENI never moved, every probe through the EIP was
+/// answered by node-a, and the pair is whole again.
+fn assert_untouched(lab: &Lab, s: &Samples, what: &str) {
+    let moves = eni_moves(lab);
+    println!(
+        "  {what}: {moves} ENI moves, {} of {} probes failed, longest gap {:?}",
+        s.failed(),
+        s.samples.len(),
+        s.longest_gap()
+    );
+    let logs = || {
+        format!(
+            "--- node-a ---\n{}\n--- node-b ---\n{}",
+            support::lab::tail(&lab.logs(A), 30),
+            support::lab::tail(&lab.logs(B), 30)
+        )
+    };
+    assert_eq!(moves, 0, "{what}: the ENI moved\n{}", logs());
+    assert_eq!(lab.holder(), Some(A), "{what}: node-a lost the ENI");
+    assert!(s.samples.len() > 100, "{} samples", s.samples.len());
+    assert_eq!(s.failed(), 0, "{what}: the client saw failures\n{}", logs());
+    assert!(
+        s.samples.iter().all(|x| x.1.as_deref() == Some(A.name())),
+        "{what}: someone else answered"
+    );
+    lab.wait_for("node-b backup hearing node-a", secs(10.0), |l| {
+        l.role(B)
+            .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
     });
 }
 
@@ -338,25 +426,162 @@ fn successful_attaches(lab: &Lab) -> usize {
         .count()
 }
 
+/// Heartbeats blocked both ways for 20 s (a security-group change), both nodes live and nginx
+/// serving: the backup sees the service answer through the ENI and stays backup.
 #[test]
 fn lab_heartbeat_only_partition_for_20_s() {
     with_lab(|lab| {
-        lab.reset();
-        lab.start_pair(&AgentOptions::default());
-        lab.front.clear_calls();
+        let probe = steady_pair(lab);
         lab.partition_heartbeats();
-        std::thread::sleep(secs(20.0));
+        std::thread::sleep(secs(10.0));
+        let r = lab.role(B).expect("node-b answers");
+        assert_eq!(r.role, "backup");
+        assert_eq!(r.health.silent_but_serving.as_deref(), Some(A.name()));
+        std::thread::sleep(secs(10.0));
         lab.heal_partition();
-        let attaches = successful_attaches(lab);
-        println!("  ownership changes during the partition: {attaches}");
-        assert!(attaches <= 1, "{attaches} ownership changes in 20 s");
-        lab.wait_for("one master after healing", secs(40.0), |l| {
-            let roles = Side::BOTH.map(|s| l.role_name(s));
-            roles.iter().filter(|r| *r == "master").count() == 1
-                && roles.iter().filter(|r| *r == "backup").count() == 1
-        });
-        let m = lab.holder().expect("a holder");
-        lab.wait_for("the master serving", secs(10.0), |l| l.serving(m));
+        std::thread::sleep(secs(1.0));
+        assert_untouched(lab, &probe.finish(), "heartbeats blocked 20 s");
+    });
+}
+
+/// The backup's agent stopped 1.5 s, 8 times (CPU or memory pressure, a debugger): each stall
+/// is noticed and the buffered heartbeats read before anyone is judged; nothing moves.
+#[test]
+fn lab_backup_stalled_8_times() {
+    with_lab(|lab| {
+        let probe = steady_pair(lab);
+        let log_from = lab.logs(B).len();
+        lab.stall_agent(B, secs(1.5), 8, secs(1.0));
+        std::thread::sleep(secs(1.0));
+        let stalls = lab.logs(B)[log_from..]
+            .matches("did not run for a while")
+            .count();
+        assert!(stalls >= 8, "node-b noticed {stalls} of 8 stalls");
+        assert_untouched(lab, &probe.finish(), "the backup stalled 1.5 s x 8");
+    });
+}
+
+/// node-b restarted with a key that differs from node-a's: it never authenticates a heartbeat,
+/// sees the service answer, takes nothing, and its log says the packets fail authentication.
+#[test]
+fn lab_backup_with_a_wrong_key() {
+    with_lab(|lab| {
+        let probe = steady_pair(lab);
+        lab.signal_agent(B, Signal::SIGTERM);
+        lab.wait_agent(B, secs(10.0));
+        let log_from = lab.logs(B).len();
+        lab.write_config_with_key(
+            B,
+            &AgentOptions::default(),
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        );
+        lab.start_agent(B);
+        std::thread::sleep(secs(8.0));
+        let r = lab.role(B).expect("node-b answers");
+        let log = lab.logs(B)[log_from..].to_owned();
+        println!("  node-b rejected {:?}", r.rejected);
+        assert_eq!(r.role, "backup");
+        assert!(
+            r.rejected.iter().any(|(k, n)| k == "bad-mac" && *n > 0),
+            "no bad-mac rejections: {:?}",
+            r.rejected
+        );
+        assert!(
+            log.contains("bad-mac") && log.contains("different key"),
+            "node-b's log does not name the key mismatch:\n{}",
+            support::lab::tail(&log, 30)
+        );
+        let s = probe.finish();
+        let moves = eni_moves(lab);
+        println!(
+            "  wrong key: {moves} ENI moves, {} failed probes",
+            s.failed()
+        );
+        assert_eq!(moves, 0, "the ENI moved");
+        assert_eq!(lab.holder(), Some(A));
+        assert_eq!(s.failed(), 0, "the client saw failures");
+    });
+}
+
+/// 20 % of the heartbeats dropped at random, both ways, for 60 s: nothing moves.
+#[test]
+fn lab_heartbeat_loss_20_percent_for_60_s() {
+    with_lab(|lab| {
+        let probe = steady_pair(lab);
+        lab.lossy_heartbeats(20);
+        std::thread::sleep(secs(60.0));
+        lab.heal_partition();
+        std::thread::sleep(secs(1.0));
+        assert_untouched(lab, &probe.finish(), "20 % heartbeat loss for 60 s");
+    });
+}
+
+/// The master's primary interface down 4 s (heartbeats and the cloud unreachable from it) while
+/// the ENI's interface stays up and clients are served through it: nothing moves.
+#[test]
+fn lab_primary_link_down_4_s() {
+    with_lab(|lab| {
+        let probe = steady_pair(lab);
+        lab.set_primary_link(A, false);
+        std::thread::sleep(secs(4.0));
+        lab.set_primary_link(A, true);
+        std::thread::sleep(secs(2.0));
+        assert_untouched(lab, &probe.finish(), "the master's primary link down 4 s");
+        assert_eq!(lab.role_name(A), "master");
+    });
+}
+
+/// nginx stopped on the master, host and agent live: the master's own check fails `fall` times,
+/// it hands the ENI to the healthy backup, and stays backup (preempt is off) after nginx is back.
+#[test]
+fn lab_nginx_stopped_on_the_master() {
+    with_lab(|lab| {
+        let probe = steady_pair(lab);
+        std::thread::sleep(secs(1.0).mul_f64(jitter()));
+        let fault_wall = SystemTime::now();
+        let fault_at = Instant::now();
+        lab.stop_nginx(A);
+        assert!(!lab.nginx_listening(A), "nginx on node-a still listens");
+        lab.wait_for("node-b serving", secs(15.0), |l| l.serving(B));
+        lab.wait_for("node-a backup", secs(10.0), |l| l.role_name(A) == "backup");
+        std::thread::sleep(secs(0.3));
+        let s = probe.finish();
+        let served = s
+            .first_from(B.name(), fault_at.saturating_duration_since(s.start))
+            .expect("node-b answered");
+        let claimed = lab
+            .role(B)
+            .and_then(|r| r.last_failover)
+            .map(|t| t.started_unix_ms.saturating_sub(unix_ms(fault_wall)));
+        // fall x interval of the shipped check (2 x 1 s), plus the probe that was due.
+        let budget = secs(2.0);
+        println!(
+            "  nginx stopped -> node-b serves after {:.0} ms (node-b's claim at {claimed:?} ms; \
+             fall x interval = {budget:?}); {} failed probes, {} ENI moves",
+            served.as_secs_f64() * 1e3,
+            s.failed(),
+            eni_moves(lab)
+        );
+        assert_eq!(lab.holder(), Some(B));
+        assert!(
+            served < budget + secs(1.0),
+            "node-b served only after {served:?}"
+        );
+        // Refused probes fail at once, so `fall` of them take at least (fall - 1) intervals: a
+        // handover sooner counted a failure that was not the service's.
+        assert!(served > secs(0.9), "handed over after {served:?}");
+        assert!(
+            lab.front
+                .calls()
+                .iter()
+                .all(|c| c.params.get("Force").map(String::as_str) != Some("true")),
+            "a handover never forces a detach"
+        );
+        lab.restart_nginx(A);
+        std::thread::sleep(secs(3.0));
+        assert_eq!(lab.holder(), Some(B), "the ENI moved back with preempt off");
+        assert_eq!(lab.role_name(A), "backup");
+        assert!(lab.serving(B));
     });
 }
 
@@ -443,7 +668,8 @@ fn lab_throttled_attach_during_a_failover_is_retried() {
             support::cloud_front::Fault::Throttle,
             2,
         );
-        lab.signal_agent(A, Signal::SIGKILL);
+        // A host failure: a killed agent alone no longer causes a failover while nginx serves.
+        lab.freeze(A);
         lab.wait_for("node-b serving", secs(30.0), |l| {
             l.holder() == Some(B) && l.serving(B)
         });

@@ -1,11 +1,16 @@
-//! Property tests of the heartbeat wire format through the public API: decoding never panics,
-//! whatever arrives, and every encodable packet decodes to itself.
+//! Property tests of the heartbeat and echo wire formats through the public API: decoding never
+//! panics, whatever arrives, every encodable packet decodes to itself, and any change to an
+//! encoded packet is caught.
 
 use enipeer::core::advert::{Advert, HolderBelief, Role, YieldMsg};
-use enipeer::peer::wire::{decode, encode, Header, Packet, WireError, MAX_PACKET, MAX_STR};
+use enipeer::peer::wire::{
+    decode, decode_echo, decode_keys, encode, encode_echo, peek_echo, Echo, EchoKind, EchoStatus,
+    Header, KeyUsed, Keys, Packet, WireError, ECHO_LEN, MAX_PACKET, MAX_STR,
+};
 use proptest::prelude::*;
 
 const KEY: &[u8] = b"property test key";
+const OLD_KEY: &[u8] = b"the key being rotated out";
 
 fn short_string() -> impl Strategy<Value = String> {
     // Any Unicode, cut to what the format carries, so multi-byte characters are covered too.
@@ -53,8 +58,12 @@ prop_compose! {
         stopping_ms in any::<u32>(),
         wants_master in any::<bool>(),
         healthy in any::<bool>(),
+        maintenance in any::<bool>(),
     ) -> Advert {
-        Advert { role, priority, instance_id, holder, yield_msg, stopping_ms, wants_master, healthy }
+        Advert {
+            role, priority, instance_id, holder, yield_msg, stopping_ms, wants_master, healthy,
+            maintenance,
+        }
     }
 }
 
@@ -69,6 +78,40 @@ prop_compose! {
     ) -> Packet {
         Packet { header: Header { group_id, sender, incarnation, seq, timestamp_ms }, advert }
     }
+}
+
+prop_compose! {
+    fn header()(
+        group_id in any::<u32>(),
+        sender in short_string(),
+        incarnation in any::<u64>(),
+        seq in any::<u64>(),
+        timestamp_ms in any::<u64>(),
+    ) -> Header {
+        Header { group_id, sender, incarnation, seq, timestamp_ms }
+    }
+}
+
+fn echo() -> impl Strategy<Value = Echo> {
+    let request = (header(), any::<u64>()).prop_map(|(header, nonce)| Echo {
+        kind: EchoKind::Request,
+        status: EchoStatus::Ok,
+        header,
+        nonce,
+    });
+    let status = prop_oneof![
+        Just(EchoStatus::Ok),
+        Just(EchoStatus::OtherGroup),
+        Just(EchoStatus::UnknownNode),
+        Just(EchoStatus::BadMac),
+    ];
+    let reply = (header(), any::<u64>(), status).prop_map(|(header, nonce, status)| Echo {
+        kind: EchoKind::Reply,
+        status,
+        header,
+        nonce,
+    });
+    prop_oneof![request, reply]
 }
 
 proptest! {
@@ -105,5 +148,47 @@ proptest! {
             matches!(e, WireError::BadMac | WireError::BadMagic | WireError::BadVersion(_)),
             "{:?}", e
         );
+    }
+
+    #[test]
+    fn decode_echo_never_panics_past_the_preamble(rest in prop::collection::vec(any::<u8>(), 0..=600)) {
+        let mut bytes = b"ENIP\x02".to_vec();
+        bytes.extend_from_slice(&rest);
+        let keys = Keys::new(KEY.to_vec(), Some(OLD_KEY.to_vec()));
+        prop_assert!(decode_echo(&bytes, &keys).is_err());
+        // A node that only knows heartbeats drops it cleanly.
+        prop_assert!(decode(&bytes, KEY).is_err());
+        let _ = peek_echo(&bytes);
+    }
+
+    #[test]
+    fn echo_round_trip_at_a_fixed_size(e in echo()) {
+        let bytes = encode_echo(&e, KEY).unwrap();
+        prop_assert_eq!(bytes.len(), ECHO_LEN);
+        prop_assert_eq!(peek_echo(&bytes), Some((e.kind, e.nonce)));
+        let keys = Keys::new(OLD_KEY.to_vec(), Some(KEY.to_vec()));
+        prop_assert_eq!(decode_echo(&bytes, &keys).unwrap(), (e, KeyUsed::Previous));
+        prop_assert_eq!(decode(&bytes, KEY).unwrap_err(), WireError::BadVersion(2));
+    }
+
+    #[test]
+    fn echo_corruption_is_rejected(e in echo(), at in any::<prop::sample::Index>(), mask in 1u8..=255) {
+        let mut bytes = encode_echo(&e, KEY).unwrap();
+        let i = at.index(bytes.len());
+        bytes[i] ^= mask;
+        let err = decode_echo(&bytes, &Keys::from(KEY.to_vec())).unwrap_err();
+        prop_assert!(
+            matches!(err, WireError::BadMac | WireError::BadMagic | WireError::BadVersion(_)),
+            "{:?}", err
+        );
+    }
+
+    #[test]
+    fn either_key_decodes_a_heartbeat(p in packet(), previous in any::<bool>()) {
+        let keys = Keys::new(KEY.to_vec(), Some(OLD_KEY.to_vec()));
+        let signer = if previous { OLD_KEY } else { KEY };
+        let used = if previous { KeyUsed::Previous } else { KeyUsed::Current };
+        let bytes = encode(&p, signer).unwrap();
+        prop_assert_eq!(decode_keys(&bytes, &keys).unwrap(), (p, used));
     }
 }

@@ -60,6 +60,18 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyFileError + '_ {
     }
 }
 
+/// Reads both key files of `[auth]`: the current key, and the previous one while a rotation is
+/// under way. Each is checked as [`read_key`] checks it.
+pub fn read_keys(auth: &super::AuthSettings) -> Result<crate::peer::Keys, KeyFileError> {
+    let current = read_key(&auth.key_file)?;
+    let previous = auth
+        .previous_key_file
+        .as_deref()
+        .map(read_key)
+        .transpose()?;
+    Ok(crate::peer::Keys::new(current, previous))
+}
+
 /// Reads and checks the key: a regular file, no group/other permission bits, 64 hex characters.
 pub fn read_key(path: &Path) -> Result<Vec<u8>, KeyFileError> {
     let file = match File::open(path) {

@@ -8,7 +8,9 @@
 mod check;
 mod document;
 pub mod keyfile;
+pub mod keys;
 pub mod raw;
+mod reload;
 mod validate;
 
 #[cfg(test)]
@@ -27,6 +29,7 @@ pub use check::{
     CheckHost, CheckSettings, ExecProbe, HttpProbe, ProbeSpec, StatusRange, TcpProbe,
     DEFAULT_HTTP_PORT, MAX_CHECKS,
 };
+pub use reload::live_changes;
 
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/enipeer/enipeer.toml";
@@ -62,6 +65,9 @@ pub struct NodeSettings {
     pub priority: u8,
     /// Overrides the instance id from instance metadata.
     pub instance_id: Option<InstanceId>,
+    /// Where state that outlives a restart is kept (maintenance mode); the unit's
+    /// `StateDirectory=` creates the default.
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +109,9 @@ pub struct HeartbeatSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuthSettings {
     pub key_file: PathBuf,
+    /// The key being rotated out: accepted on receipt, never used to sign (see README, key
+    /// rotation). Checked like `key_file`.
+    pub previous_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +153,9 @@ pub struct HookSettings {
     pub on_backup: Vec<Vec<String>>,
     pub on_fault: Vec<Vec<String>>,
     pub on_stop: Vec<Vec<String>>,
+    /// Run on events that are not role changes (peer lost or back, hold-down, fault, ...), with
+    /// `ENIPEER_EVENT` and details; rate-limited.
+    pub on_event: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -287,13 +299,35 @@ fn parse_inner(text: &str, origin: &Path, check_key: bool) -> Result<Settings, C
         })
     }));
     if check_key {
-        if let Some(key_file) = &validated.key_file {
-            if let Err(e) = keyfile::read_key(key_file) {
+        let files = [
+            ("auth.key-file", validated.key_file.as_ref()),
+            (
+                "auth.previous-key-file",
+                validated.previous_key_file.as_ref(),
+            ),
+        ];
+        for (key, file) in files {
+            if let Some(Err(e)) = file.map(|f| keyfile::read_key(f)) {
                 problems.push(Problem {
-                    key: "auth.key-file".to_owned(),
+                    key: key.to_owned(),
                     line: None,
                     message: e.to_string(),
                 });
+            }
+        }
+        // Two different files holding the same key are a rotation that was never started: say
+        // so, since the operator believes the previous key is the old one.
+        if let (Some(cur), Some(prev)) = (&validated.key_file, &validated.previous_key_file) {
+            if let (Ok(a), Ok(b)) = (keyfile::read_key(cur), keyfile::read_key(prev)) {
+                if a == b {
+                    problems.push(Problem {
+                        key: "auth.previous-key-file".to_owned(),
+                        line: None,
+                        message: "holds the same key as auth.key-file; install the new key as \
+                                  key-file and keep the old one here"
+                            .to_owned(),
+                    });
+                }
             }
         }
     }
@@ -386,7 +420,14 @@ impl Settings {
             "hold-down",
             format!("{} doubling up to {}", d(g.hold_down), d(g.hold_down_max)),
         );
-        row("key file", self.auth.key_file.display().to_string());
+        let mut keys = self.auth.key_file.display().to_string();
+        if let Some(prev) = &self.auth.previous_key_file {
+            keys.push_str(&format!(
+                " (also accepting {} during a rotation)",
+                prev.display()
+            ));
+        }
+        row("key file", keys);
         let a = &self.aws;
         row(
             "aws",

@@ -70,6 +70,7 @@ pub struct RawNode {
     pub name: Option<String>,
     pub priority: Option<i64>,
     pub instance_id: Option<String>,
+    pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +107,7 @@ pub struct RawHeartbeat {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RawAuth {
     pub key_file: Option<String>,
+    pub previous_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +142,7 @@ pub struct RawHooks {
     pub on_backup: Option<Vec<Vec<String>>>,
     pub on_fault: Option<Vec<Vec<String>>>,
     pub on_stop: Option<Vec<Vec<String>>>,
+    pub on_event: Option<Vec<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

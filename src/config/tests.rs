@@ -9,10 +9,10 @@ use super::*;
 const EXAMPLE: &str = include_str!("../../conf/enipeer.toml");
 
 /// A minimal valid config, one `(header, lines)` per table, edited per test case.
-struct Cfg(Vec<(String, Vec<(String, String)>)>);
+pub(super) struct Cfg(Vec<(String, Vec<(String, String)>)>);
 
 impl Cfg {
-    fn minimal() -> Self {
+    pub(super) fn minimal() -> Self {
         let t = |h: &str, kv: &[(&str, &str)]| {
             (
                 h.to_owned(),
@@ -36,7 +36,7 @@ impl Cfg {
     }
 
     /// Sets `key = value` in `header`, adding the table when it is not there yet.
-    fn set(mut self, header: &str, key: &str, value: &str) -> Self {
+    pub(super) fn set(mut self, header: &str, key: &str, value: &str) -> Self {
         let idx = match self.0.iter().position(|(h, _)| h == header) {
             Some(i) => i,
             None => {
@@ -52,12 +52,12 @@ impl Cfg {
         self
     }
 
-    fn without_table(mut self, header: &str) -> Self {
+    pub(super) fn without_table(mut self, header: &str) -> Self {
         self.0.retain(|(h, _)| h != header);
         self
     }
 
-    fn without_key(mut self, header: &str, key: &str) -> Self {
+    pub(super) fn without_key(mut self, header: &str, key: &str) -> Self {
         for (h, kv) in &mut self.0 {
             if h == header {
                 kv.retain(|(k, _)| k != key);
@@ -66,7 +66,7 @@ impl Cfg {
         self
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         let mut s = String::new();
         for (h, kv) in &self.0 {
             s.push_str(h);
@@ -79,7 +79,7 @@ impl Cfg {
         s
     }
 
-    fn parse(&self) -> Result<Settings, ConfigError> {
+    pub(super) fn parse(&self) -> Result<Settings, ConfigError> {
         parse(&self.text(), Path::new("test.toml"))
     }
 }
@@ -141,104 +141,8 @@ fn example_config_parses() {
     );
 }
 
-/// Every key of every table is present in the example (commented out when optional), so the
-/// example stays the complete reference for operators.
-#[test]
-fn example_config_mentions_every_key() {
-    let expected: &[(&str, &[&str])] = &[
-        ("[node]", &["name", "priority", "instance-id"]),
-        ("[[peer]]", &["name", "addresses", "instance-id"]),
-        (
-            "[group]",
-            &[
-                "id",
-                "eni",
-                "device-index",
-                "preempt",
-                "preempt-delay",
-                "hold-down",
-                "hold-down-max",
-            ],
-        ),
-        (
-            "[heartbeat]",
-            &[
-                "bind",
-                "port",
-                "interval",
-                "dead-interval",
-                "max-clock-skew",
-            ],
-        ),
-        ("[auth]", &["key-file"]),
-        (
-            "[aws]",
-            &[
-                "region",
-                "endpoint-url",
-                "operation-timeout",
-                "force-detach-grace",
-                "verify-interval",
-                "poll-interval",
-            ],
-        ),
-        (
-            "[network]",
-            &[
-                "interface-name",
-                "route-table",
-                "rule-priority",
-                "rp-filter",
-                "mtu",
-                "repair",
-                "reconcile-interval",
-                "link-timeout",
-            ],
-        ),
-        (
-            "[hooks]",
-            &["timeout", "on-master", "on-backup", "on-fault", "on-stop"],
-        ),
-        ("[control]", &["socket", "group"]),
-        ("[stop]", &["mode", "restart-grace", "handover-timeout"]),
-        (
-            "[[check]]",
-            &[
-                "kind",
-                "name",
-                "host",
-                "port",
-                "path",
-                "status",
-                "body-contains",
-                "command",
-                "interval",
-                "timeout",
-                "rise",
-                "fall",
-            ],
-        ),
-    ];
-    for (header, keys) in expected {
-        let start = EXAMPLE
-            .lines()
-            .position(|l| l.trim() == *header)
-            .unwrap_or_else(|| panic!("{header} missing from the example"));
-        let body: Vec<&str> = EXAMPLE
-            .lines()
-            .skip(start + 1)
-            .take_while(|l| !l.starts_with('['))
-            .collect();
-        for key in *keys {
-            let written = body.iter().any(|l| {
-                let l = l.trim_start_matches(['#', ' ']);
-                l.starts_with(&format!("{key} ="))
-            });
-            assert!(written, "{header} {key} missing from the example");
-        }
-    }
-    assert!(!EXAMPLE.contains("[testing]"));
-}
+// That the example shows every key (and no other) is tested with the key reference, in
+// `keys/tests.rs`.
 
 #[test]
 fn defaults_are_applied() {
@@ -509,6 +413,16 @@ fn each_rule_names_its_key() {
         (
             Cfg::minimal().set("[auth]", "key-file", "\"\""),
             "auth.key-file",
+        ),
+        (
+            Cfg::minimal().set("[auth]", "previous-key-file", "\"\""),
+            "auth.previous-key-file",
+        ),
+        (
+            Cfg::minimal()
+                .set("[auth]", "key-file", "\"/etc/enipeer/new.key\"")
+                .set("[auth]", "previous-key-file", "\"/etc/enipeer/new.key\""),
+            "auth.previous-key-file",
         ),
         (
             Cfg::minimal().set("[aws]", "region", "\"us-east\""),
@@ -888,6 +802,51 @@ fn load_checks_the_key_file() {
     let err = load(&dir.path().join("absent.toml")).unwrap_err();
     assert!(err.io.is_some());
     assert_eq!(err.count(), 1);
+}
+
+#[test]
+fn load_checks_the_previous_key_file_like_the_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("peer.key");
+    let old = dir.path().join("peer.key.old");
+    keyfile::write_new_key(&key, false).unwrap();
+    let config = dir.path().join("enipeer.toml");
+    let body = EXAMPLE.replace("/etc/enipeer/peer.key", key.to_str().unwrap());
+    let body = body.replace(
+        "\nkey-file = ",
+        &format!(
+            "\nprevious-key-file = {:?}\nkey-file = ",
+            old.to_str().unwrap()
+        ),
+    );
+    std::fs::write(&config, body).unwrap();
+
+    let err = load(&config).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].key, "auth.previous-key-file");
+    assert!(err.problems[0].line.is_some());
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    keyfile::write_new_key(&old, false).unwrap();
+    let s = load(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.auth.previous_key_file.as_deref(), Some(old.as_path()));
+    assert!(s.summary().contains("also accepting"), "{}", s.summary());
+    let keys = keyfile::read_keys(&s.auth).unwrap();
+    assert!(keys.has_previous());
+
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let err = load(&config).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].key, "auth.previous-key-file");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+
+    // The same key under two names: the rotation was never started.
+    std::fs::copy(&key, &old).unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = load(&config).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(err.to_string().contains("same key"), "{err}");
 }
 
 #[test]

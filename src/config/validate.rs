@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use humantime::format_duration;
@@ -15,6 +15,7 @@ use crate::ids::{EniId, InstanceId};
 
 const DEFAULT_PORT: u16 = 7460;
 const DEFAULT_KEY_FILE: &str = "/etc/enipeer/peer.key";
+const DEFAULT_STATE_DIR: &str = "/var/lib/enipeer";
 use super::DEFAULT_SOCKET;
 /// Longest node name: it travels in every heartbeat.
 const MAX_NAME_LEN: usize = 32;
@@ -26,6 +27,7 @@ const MAX_IFNAME_LEN: usize = 15;
 pub(crate) struct Validated {
     pub settings: Option<Settings>,
     pub key_file: Option<PathBuf>,
+    pub previous_key_file: Option<PathBuf>,
     pub problems: Vec<Problem>,
 }
 
@@ -209,6 +211,21 @@ fn looks_like_region(s: &str) -> bool {
         && last.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// `node.state-dir`: an absolute path (the daemon's working directory is not one to rely on).
+fn state_dir(c: &mut Checker, value: Option<&str>) -> PathBuf {
+    let dir = PathBuf::from(value.unwrap_or(DEFAULT_STATE_DIR));
+    if !dir.is_absolute() {
+        c.push(
+            "node.state-dir",
+            format!(
+                "{:?} is not an absolute path: give one, e.g. \"{DEFAULT_STATE_DIR}\"",
+                dir
+            ),
+        );
+    }
+    dir
+}
+
 fn missing_table(c: &mut Checker, failed: &BTreeSet<&'static str>, name: &'static str) {
     if !failed.contains(name) {
         c.push(name, format!("missing required table [{name}]"));
@@ -236,6 +253,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
             "(higher wins elections)",
         ),
         instance_id: c.instance_id("node.instance-id", n.instance_id.as_deref()),
+        state_dir: state_dir(&mut c, n.state_dir.as_deref()),
     });
 
     // [heartbeat] comes before the peers: it supplies their default port.
@@ -276,15 +294,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
     };
 
     // [auth]
-    let key_file = match raw.auth.as_ref().and_then(|a| a.key_file.as_deref()) {
-        Some("") => {
-            c.push("auth.key-file", "must not be empty");
-            None
-        }
-        Some(p) => Some(PathBuf::from(p)),
-        None if failed.contains("auth") => None,
-        None => Some(PathBuf::from(DEFAULT_KEY_FILE)),
-    };
+    let (key_file, previous_key_file) = auth(&mut c, raw.auth.as_ref(), failed);
 
     let aws = aws(&mut c, raw.aws.as_ref().unwrap_or(&RawAws::default()));
     let network = network(
@@ -300,6 +310,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
         on_backup: c.argv_list("hooks.on-backup", h.on_backup.as_ref()),
         on_fault: c.argv_list("hooks.on-fault", h.on_fault.as_ref()),
         on_stop: c.argv_list("hooks.on-stop", h.on_stop.as_ref()),
+        on_event: c.argv_list("hooks.on-event", h.on_event.as_ref()),
     };
     let control = control(
         &mut c,
@@ -341,7 +352,10 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
                 peers,
                 group,
                 heartbeat,
-                auth: AuthSettings { key_file },
+                auth: AuthSettings {
+                    key_file,
+                    previous_key_file: previous_key_file.clone(),
+                },
                 aws,
                 network,
                 hooks,
@@ -363,8 +377,47 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
     Validated {
         settings,
         key_file,
+        previous_key_file,
         problems: c.problems,
     }
+}
+
+/// The key file (`None` when unusable) and, during a rotation, the previous key's file.
+fn auth(
+    c: &mut Checker,
+    a: Option<&RawAuth>,
+    failed: &BTreeSet<&'static str>,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    let key_file = match a.and_then(|a| a.key_file.as_deref()) {
+        Some("") => {
+            c.push("auth.key-file", "must not be empty");
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+        None if failed.contains("auth") => None,
+        None => Some(PathBuf::from(DEFAULT_KEY_FILE)),
+    };
+    let previous_key_file = match a.and_then(|a| a.previous_key_file.as_deref()) {
+        Some("") => {
+            c.push(
+                "auth.previous-key-file",
+                "must not be empty (leave it out when not rotating)",
+            );
+            None
+        }
+        // Only the same spelling is caught here; two names for one file, or two files with the
+        // same key, are caught when the keys are read (`load`).
+        Some(p) if key_file.as_deref() == Some(Path::new(p)) => {
+            c.push(
+                "auth.previous-key-file",
+                "names the same file as auth.key-file; during a rotation it is the old key's file",
+            );
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+        None => None,
+    };
+    (key_file, previous_key_file)
 }
 
 fn secs(n: u64) -> Duration {

@@ -38,6 +38,13 @@ pub enum Request {
     Role,
     /// Hand the ENI to the peer; the daemon answers once the peer is master or the attempt ended.
     Yield { timeout_ms: u64 },
+    /// Maintenance on or off; on a master, answered once the handover is over.
+    Maintenance {
+        on: bool,
+        reason: String,
+        force: bool,
+        timeout_ms: u64,
+    },
 }
 
 /// What the daemon answers.
@@ -443,7 +450,7 @@ async fn ask_daemon(
 ) -> Response {
     let wait = match &request {
         Request::Role => limits.role_reply_timeout,
-        Request::Yield { timeout_ms } => {
+        Request::Yield { timeout_ms } | Request::Maintenance { timeout_ms, .. } => {
             Duration::from_millis(*timeout_ms).saturating_add(limits.yield_reply_slack)
         }
     };

@@ -28,6 +28,8 @@ fn sample_report() -> RoleReport {
             corroborated: true,
             ..Default::default()
         },
+        maintenance: None,
+        leftovers: vec!["ENI 02:00:00:00:00:01: teardown: rule: EBUSY".into()],
     }
 }
 
@@ -85,6 +87,9 @@ fn fake_daemon(mut rx: mpsc::Receiver<Incoming>) -> JoinHandle<()> {
                 Request::Role => Response::Role(sample_report()),
                 Request::Yield { timeout_ms } => Response::Yielded {
                     message: format!("peer b is master (waited at most {timeout_ms} ms)"),
+                },
+                Request::Maintenance { on, .. } => Response::Yielded {
+                    message: format!("maintenance {on}"),
                 },
             };
             let _ = incoming.reply.send(response);

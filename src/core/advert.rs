@@ -119,6 +119,8 @@ pub struct Advert {
     /// The sender's own service checks pass (always true without checks). An unhealthy node is
     /// never chosen to take the ENI.
     pub healthy: bool,
+    /// The sender is in maintenance: it never claims and is never a handover target.
+    pub maintenance: bool,
 }
 
 impl Advert {

@@ -1,7 +1,7 @@
 //! The backup: when it claims the ENI, and with force or without. The whole takeover rule is
 //! here, in `maybe_claim` and `maybe_take_over`:
 //!
-//! - a backup whose own service checks fail never claims;
+//! - a backup whose own service checks fail, or that is in maintenance, never claims;
 //! - nobody holds the ENI (detached): the best live candidate claims it **without force**, at
 //!   once, even during a hold-down (an operator's detach or a lost link must not leave the
 //!   address unserved);
@@ -64,7 +64,7 @@ impl Node {
         }
         // A node whose own checks fail never claims: it would take the address to serve it
         // worse. It still keeps its view of the holder fresh.
-        let healthy = self.health.healthy;
+        let healthy = self.fit();
         match self.holder.clone() {
             HolderBelief::Unknown => {
                 if !self.cloud.pending() && now >= self.cloud.next {
@@ -120,9 +120,17 @@ impl Node {
             Verdict::Uncorroborated => format!("{holder} silent for {} ms", silent.as_millis()),
             Verdict::ServiceUp => {
                 self.set_silent_but_serving(Some(holder.clone()));
-                let alert = Alert::PeerSilentServiceUp {
-                    peer: holder,
-                    silent,
+                // Never heard at all points at the setup (a key, a port), not at the peer.
+                let alert = if never_heard {
+                    Alert::PeerNeverHeard {
+                        peer: holder,
+                        since_start: silent,
+                    }
+                } else {
+                    Alert::PeerSilentServiceUp {
+                        peer: holder,
+                        silent,
+                    }
                 };
                 return self.alert(alert, now, out);
             }

@@ -45,6 +45,9 @@ impl Node {
                 self.go_fault(format!("claim failed: {}", f.message), now, out);
             }
             Err(f) => {
+                // A claim that may have half-happened, or a restarted node's earlier run, can
+                // leave host config behind: a backup must not keep it.
+                out.push(Action::RemoveNet);
                 let backoff = self.claim_backoff.failed(&self.cfg, now);
                 let reason = format!("claim failed ({}), retrying in {:?}", f.message, backoff);
                 self.transition(State::backup(), reason, now, out);
@@ -61,13 +64,15 @@ impl Node {
         // A winner we cannot hear may be on the other side of a partition: hold off as after a
         // loss, or the two would trade the ENI every dead interval.
         if !audible {
-            self.hold_down.start(&self.cfg, now);
+            self.start_hold_down(now, out);
         }
         if let Some(p) = who.as_deref().and_then(|p| self.peers.get_mut(p)) {
             // Give the winner a full dead interval before judging it.
             p.last_heard = Some(p.last_heard.map_or(now, |h| h.max(now)));
         }
         let who = who.unwrap_or(instance);
+        // As at start: an earlier run of this node may have left host config behind.
+        out.push(Action::RemoveNet);
         self.become_backup(
             format!("lost the race: {who} holds the ENI"),
             "lost the claim",

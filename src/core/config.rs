@@ -25,6 +25,8 @@ pub struct CoreConfig {
     /// Consecutive failed probes through the ENI's address that corroborate a silent holder's
     /// death; `None` without checks: takeover on silence alone (uncorroborated).
     pub corroborate_fall: Option<u32>,
+    /// Maintenance mode as it was when the daemon last stopped (its reason), restored at start.
+    pub maintenance: Option<String>,
 }
 
 impl CoreConfig {
@@ -49,6 +51,7 @@ impl CoreConfig {
             handover_timeout: Duration::from_secs(20),
             retry_delay: Duration::from_secs(1),
             corroborate_fall: None,
+            maintenance: None,
         }
     }
 

@@ -84,6 +84,14 @@ pub enum Event {
         sent: Time,
         ok: bool,
     },
+    /// An operator put this node into maintenance or took it out. `token` answers the request;
+    /// `force` enters maintenance on a master even with no healthy peer to hand over to.
+    Maintenance {
+        on: bool,
+        reason: String,
+        force: bool,
+        token: Option<u64>,
+    },
     /// The loop itself did not run for `gap` (process stopped or starved, VM paused): silence
     /// seen across it is this node's, not the peer's.
     Stalled {

@@ -247,6 +247,12 @@ impl Node {
         result: Result<String, String>,
         out: &mut Vec<Action>,
     ) {
+        if let Err(reason) = &result {
+            out.push(Action::Alert(super::health::Alert::HandoverFailed {
+                to: h.to.clone(),
+                reason: reason.clone(),
+            }));
+        }
         if let Some(token) = h.token {
             out.push(Action::Reply { token, result });
         }
@@ -456,6 +462,83 @@ impl Node {
         if let Some(to) = want {
             let h = self.new_handover(to, None, now + self.cfg.handover_timeout, After::Reclaim);
             self.offer(h, out);
+        }
+    }
+}
+
+impl Node {
+    /// Maintenance on or off. A master going into maintenance hands over first (like a yield,
+    /// answered when the peer is master); with no healthy peer it refuses unless `force`, and then
+    /// keeps the ENI until a peer can take it.
+    pub(super) fn on_maintenance(
+        &mut self,
+        on: bool,
+        reason: String,
+        force: bool,
+        token: Option<u64>,
+        now: Time,
+        out: &mut Vec<Action>,
+    ) {
+        let reply = |out: &mut Vec<Action>, result: Result<String, String>| {
+            if let Some(token) = token {
+                out.push(Action::Reply { token, result });
+            }
+        };
+        if !on {
+            self.maintenance = None;
+            self.alerts.clear("maintenance-no-peer");
+            out.push(Action::SendHeartbeat);
+            return reply(
+                out,
+                Ok("maintenance off: this node can take the ENI again".into()),
+            );
+        }
+        let State::Master(m) = &self.state else {
+            self.maintenance = Some(reason);
+            out.push(Action::SendHeartbeat);
+            return reply(
+                out,
+                Ok("in maintenance: this node will not take the ENI".into()),
+            );
+        };
+        if m.handover.is_some() {
+            return reply(out, Err("a handover is already in progress".into()));
+        }
+        let to = self
+            .peers
+            .best(&self.cfg, now, None)
+            .map(|(_, n)| n.to_string());
+        match to {
+            Some(to) => {
+                self.maintenance = Some(reason);
+                let deadline = now + self.cfg.handover_timeout;
+                let h = self.new_handover(to, token, deadline, After::Reclaim);
+                if let State::Master(m) = &mut self.state {
+                    m.next_health_handover = deadline;
+                }
+                self.offer(h, out);
+            }
+            None if force => {
+                self.maintenance = Some(reason);
+                out.push(Action::SendHeartbeat);
+                reply(
+                    out,
+                    Ok(
+                        "in maintenance, but no healthy peer can take over: keeping the ENI \
+                        until one can"
+                            .into(),
+                    ),
+                );
+            }
+            None => reply(
+                out,
+                Err(
+                    "no healthy peer could take over: the ENI would be unserved. Bring a \
+                     peer up, or use --force to enter maintenance and keep the ENI here \
+                     until one can take it"
+                        .into(),
+                ),
+            ),
         }
     }
 }

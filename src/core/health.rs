@@ -11,6 +11,9 @@ use super::events::Time;
 /// How often a standing condition (peer silent but serving, degraded master) is warned about.
 pub const ALERT_EVERY: Duration = Duration::from_secs(10);
 
+/// How long every cloud query may fail before the operator is told the cloud is unreachable.
+pub const CLOUD_UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
+
 /// This node's own service checks, as the runner last reported them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnHealth {
@@ -82,8 +85,22 @@ pub enum Alert {
     Degraded { detail: String },
     /// This master's checks fail: handing the ENI to a healthy peer.
     HandingOverUnhealthy { to: String, detail: String },
+    /// This master is in maintenance but no healthy peer can take over yet: it keeps the ENI.
+    MaintenanceNoPeer { reason: String },
     /// This node's own checks changed state.
     HealthChanged { healthy: bool, detail: String },
+    /// A peer that was alive is dead now (redundancy is gone while it lasts).
+    PeerLost { peer: String },
+    /// A peer that was lost is heard again.
+    PeerBack { peer: String },
+    /// This node holds off from forced takeovers for `duration` after losing the ENI.
+    HoldDownStarted { duration: Duration },
+    /// A handover (yield, maintenance, preempt, health) did not complete.
+    HandoverFailed { to: String, reason: String },
+    /// This node entered fault.
+    FaultEntered { reason: String },
+    /// No cloud query has succeeded for `duration`.
+    CloudUnreachable { duration: Duration },
 }
 
 impl Alert {
@@ -95,6 +112,13 @@ impl Alert {
             Alert::Degraded { .. } => "degraded",
             Alert::HandingOverUnhealthy { .. } => "handing-over-unhealthy",
             Alert::HealthChanged { .. } => "health-changed",
+            Alert::MaintenanceNoPeer { .. } => "maintenance-no-peer",
+            Alert::PeerLost { .. } => "peer-lost",
+            Alert::PeerBack { .. } => "peer-back",
+            Alert::HoldDownStarted { .. } => "hold-down-started",
+            Alert::HandoverFailed { .. } => "handover-failed",
+            Alert::FaultEntered { .. } => "fault-entered",
+            Alert::CloudUnreachable { .. } => "cloud-unreachable",
         }
     }
 }

@@ -29,7 +29,7 @@ impl Node {
 
     /// Lost the ENI while master: stop serving now, hold off from claiming it back.
     pub(super) fn step_down(&mut self, reason: String, now: Time, out: &mut Vec<Action>) {
-        self.hold_down.start(&self.cfg, now);
+        self.start_hold_down(now, out);
         self.cloud.invalidate();
         out.push(Action::RemoveNet);
         self.become_backup(reason.clone(), &reason, now, out);
@@ -46,17 +46,18 @@ impl Node {
             m.net = NetPhase::Applying;
             out.push(Action::ApplyNet);
         }
-        match &m.handover {
-            Some(h) if now >= h.deadline => self.handover_not_accepted(out),
-            Some(_) => {}
-            None if !self.health.healthy => self.hand_over_unhealthy(now, out),
+        let due = m.handover.as_ref().map(|h| now >= h.deadline);
+        match due {
+            Some(true) => self.handover_not_accepted(out),
+            Some(false) => {}
+            None if !self.fit() => self.hand_over_unfit(now, out),
             None => self.maybe_honour_preempt(now, out),
         }
     }
 
-    /// This master's checks fail: hand the ENI to a healthy peer in order (the yield path), or
-    /// keep it and say so when there is none.
-    fn hand_over_unhealthy(&mut self, now: Time, out: &mut Vec<Action>) {
+    /// This master's checks fail or it is in maintenance: hand the ENI to a healthy peer in
+    /// order (the yield path), or keep it and say so when there is none.
+    fn hand_over_unfit(&mut self, now: Time, out: &mut Vec<Action>) {
         if self.stopping.is_some() {
             return;
         }
@@ -64,7 +65,19 @@ impl Node {
             .peers
             .best(&self.cfg, now, None)
             .map(|(_, n)| n.to_string());
-        let detail = self.health.detail.clone();
+        let (detail, no_peer) = match &self.maintenance {
+            Some(reason) if self.health.healthy => (
+                format!("maintenance: {reason}"),
+                Alert::MaintenanceNoPeer {
+                    reason: reason.clone(),
+                },
+            ),
+            _ => {
+                let detail = self.health.detail.clone();
+                (detail.clone(), Alert::Degraded { detail })
+            }
+        };
+        let unhealthy = !self.health.healthy;
         let State::Master(m) = &mut self.state else {
             return;
         };
@@ -72,8 +85,8 @@ impl Node {
             return;
         }
         let Some(to) = to else {
-            m.degraded = true;
-            return self.alert(Alert::Degraded { detail }, now, out);
+            m.degraded = unhealthy;
+            return self.alert(no_peer, now, out);
         };
         m.degraded = false;
         m.next_health_handover = now + self.cfg.handover_timeout;
@@ -98,7 +111,7 @@ impl Node {
                 // Detached from under us (an operator, or a peer's forced takeover still in its
                 // `detaching` phase): count it as a loss, then race for it without force; the
                 // claim's compare-and-swap settles a race with the peer.
-                self.hold_down.start(&self.cfg, now);
+                self.start_hold_down(now, out);
                 out.push(Action::RemoveNet);
                 self.claim(
                     None,

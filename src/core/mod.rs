@@ -79,6 +79,12 @@ pub struct Node {
     alerts: AlertPacer,
     /// After a stall of this node's own loop, no peer is judged dead before this.
     judge_after: Time,
+    /// In maintenance (with the operator's reason): never claims, hands over as master.
+    maintenance: Option<String>,
+    /// Peers last seen alive (to tell "lost" and "back" apart), and the lost ones.
+    peers_alive: std::collections::BTreeMap<String, bool>,
+    /// Since when every cloud query has failed.
+    cloud_failing_since: Option<Time>,
 }
 
 impl Node {
@@ -100,11 +106,27 @@ impl Node {
             probe: ProbeHistory::default(),
             alerts: AlertPacer::default(),
             judge_after: now,
+            maintenance: cfg.maintenance.clone(),
+            peers_alive: Default::default(),
+            cloud_failing_since: None,
             cfg,
         }
     }
 
     pub fn start(&mut self, now: Time) -> Vec<Action> {
+        self.handle(Event::Tick, now)
+    }
+
+    /// A reload: the settings that can change live (timings, priority, preempt, hold-down, stop)
+    /// take effect; the role and everything it carries stay. Identity and peers cannot change
+    /// live (the config reload refuses that before it gets here), so they are kept.
+    pub fn reconfigure(&mut self, cfg: CoreConfig, now: Time) -> Vec<Action> {
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        self.cfg.name = old.name;
+        self.cfg.instance_id = old.instance_id;
+        self.cfg.peers = old.peers;
+        // Peers learn a new priority at once rather than at the next interval.
+        self.next_heartbeat = now;
         self.handle(Event::Tick, now)
     }
 
@@ -147,6 +169,10 @@ impl Node {
 
     pub fn health(&self) -> &OwnHealth {
         &self.health
+    }
+
+    pub fn maintenance(&self) -> Option<&str> {
+        self.maintenance.as_deref()
     }
 
     pub fn probe(&self) -> &ProbeHistory {
@@ -227,6 +253,7 @@ impl Node {
             },
             wants_master: matches!(&self.state, State::Backup(b) if b.wants_master),
             healthy: self.health.healthy,
+            maintenance: self.maintenance.is_some(),
         }
     }
 
@@ -252,6 +279,12 @@ impl Node {
             Event::Stop { handover } => self.on_stop(handover, now, &mut out),
             Event::Health { healthy, detail } => self.on_health(healthy, detail, now, &mut out),
             Event::EniProbe { sent, ok } => self.probe.record(sent, ok),
+            Event::Maintenance {
+                on,
+                reason,
+                force,
+                token,
+            } => self.on_maintenance(on, reason, force, token, now, &mut out),
             Event::Stalled { gap } => {
                 // What arrived while this node was not running has just been drained: give each
                 // peer one more interval before judging it by a silence that may be ours.
@@ -261,6 +294,7 @@ impl Node {
         }
         // Every event may make a deadline or a claim condition true: evaluate timers after it.
         self.on_tick(now, &mut out);
+        self.notice_peer_changes(now, &mut out);
         self.pace_heartbeat(now, &mut out);
         out
     }
@@ -334,8 +368,17 @@ impl Node {
             return;
         }
         let view = match r {
-            Ok(v) => v,
+            Ok(v) => {
+                self.cloud_failing_since = None;
+                self.alerts.clear("cloud-unreachable");
+                v
+            }
             Err(f) => {
+                let since = *self.cloud_failing_since.get_or_insert(now);
+                if now.saturating_sub(since) >= health::CLOUD_UNREACHABLE_AFTER {
+                    let duration = now - since;
+                    self.alert(Alert::CloudUnreachable { duration }, now, out);
+                }
                 if matches!(self.state, State::Starting { .. }) && !f.retryable {
                     self.go_fault(format!("cannot read the ENI: {}", f.message), now, out);
                 } else {
@@ -406,6 +449,11 @@ impl Node {
         });
     }
 
+    /// Fit to hold the ENI: own checks pass and not in maintenance.
+    fn fit(&self) -> bool {
+        self.health.healthy && self.maintenance.is_none()
+    }
+
     /// Raises `alert` unless one of its kind was raised within [`ALERT_EVERY`].
     fn alert(&mut self, alert: Alert, now: Time, out: &mut Vec<Action>) {
         if self.alerts.due(&alert, now) {
@@ -434,6 +482,32 @@ impl Node {
         out.push(Action::SendHeartbeat);
     }
 
+    /// Redundancy lost and regained: a peer that was alive died, or a lost one is back.
+    fn notice_peer_changes(&mut self, now: Time, out: &mut Vec<Action>) {
+        let mut changes = Vec::new();
+        for p in self.peers.iter() {
+            let alive = p.last_heard.is_some() && self.peers.alive(p, &self.cfg, now);
+            let was = self.peers_alive.insert(p.name.clone(), alive);
+            match (was, alive) {
+                (Some(true), false) => changes.push(Alert::PeerLost {
+                    peer: p.name.clone(),
+                }),
+                (Some(false), true) => changes.push(Alert::PeerBack {
+                    peer: p.name.clone(),
+                }),
+                _ => {}
+            }
+        }
+        out.extend(changes.into_iter().map(Action::Alert));
+    }
+
+    /// Starts (or escalates) the hold-down and tells the operator.
+    fn start_hold_down(&mut self, now: Time, out: &mut Vec<Action>) {
+        self.hold_down.start(&self.cfg, now);
+        let duration = self.hold_down.left(now).unwrap_or_default();
+        out.push(Action::Alert(Alert::HoldDownStarted { duration }));
+    }
+
     fn go_fault(&mut self, reason: String, now: Time, out: &mut Vec<Action>) {
         let until = now + self.cfg.retry_delay.max(self.cfg.dead_interval) * 5;
         let fault = State::Fault {
@@ -441,6 +515,9 @@ impl Node {
             rejecting: None,
         };
         self.transition(fault, reason.clone(), now, out);
+        out.push(Action::Alert(Alert::FaultEntered {
+            reason: reason.clone(),
+        }));
         out.push(Action::RunHooks {
             kind: HookKind::Fault,
             reason,
@@ -462,9 +539,8 @@ impl Node {
 
     /// The best live candidate for the ENI among this node and its peers, `except` one.
     fn best_candidate(&self, now: Time, except: Option<&str>) -> Option<String> {
-        let me_ok = !matches!(self.state, State::Fault { .. })
-            && self.stopping.is_none()
-            && self.health.healthy;
+        let me_ok =
+            !matches!(self.state, State::Fault { .. }) && self.stopping.is_none() && self.fit();
         let me = me_ok.then_some((self.cfg.priority, self.cfg.name.as_str()));
         let best = match (me, self.peers.best(&self.cfg, now, except)) {
             (Some(m), Some(p)) if peers::better(p.0, p.1, m.0, m.1) => Some(p),

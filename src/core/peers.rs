@@ -120,7 +120,7 @@ impl Peers {
             return false;
         }
         match a.role {
-            _ if !a.healthy => false,
+            _ if !a.healthy || a.maintenance => false,
             Role::Fault | Role::Releasing => false,
             _ if a.stopping_ms > 0 => false,
             Role::Starting => now.saturating_sub(p.role_since) <= cfg.dead_interval * 2,

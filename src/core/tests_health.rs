@@ -1,7 +1,7 @@
 //! Unit tests of the health and corroboration rules (issue 11): when a silent holder may be
 //! replaced, what a failing check does on a master and on a backup, stalls and the hold-down.
 
-use super::tests::{claim_of, has, heartbeat, master_a, ms, node_a, transitioned_to, A};
+use super::tests::{claim_of, has, heartbeat, master_a, ms, node_a, transitioned_to, A, B};
 use super::*;
 
 fn corroborated(mut n: Node) -> Node {
@@ -84,16 +84,15 @@ fn the_service_failing_later_ends_the_wait_the_moment_the_probe_fails() {
 fn peer_silent_service_up_is_warned_with_pacing() {
     let (_a, mut b) = pair();
     probe(&mut b, 1000, true);
-    let out = b.handle(Event::Tick, ms(1200));
-    assert!(matches!(
-        alerts(&out).as_slice(),
-        [Alert::PeerSilentServiceUp { peer, .. }] if peer == "node-a"
-    ));
-    assert!(alerts(&b.handle(Event::Tick, ms(1300))).is_empty());
-    assert_eq!(
-        alerts(&b.handle(Event::Tick, ms(1200) + ALERT_EVERY)).len(),
-        1
-    );
+    let silent = |out: &[Action]| {
+        alerts(out)
+            .iter()
+            .filter(|x| matches!(x, Alert::PeerSilentServiceUp { peer, .. } if peer == "node-a"))
+            .count()
+    };
+    assert_eq!(silent(&b.handle(Event::Tick, ms(1200))), 1);
+    assert_eq!(silent(&b.handle(Event::Tick, ms(1300))), 0);
+    assert_eq!(silent(&b.handle(Event::Tick, ms(1200) + ALERT_EVERY)), 1);
 }
 
 #[test]
@@ -294,4 +293,157 @@ fn a_master_whose_checks_fail_without_a_healthy_peer_keeps_the_eni_degraded() {
     );
     assert!(!a.is_degraded());
     assert_eq!(a.role(), Role::Master);
+}
+
+fn maintenance(n: &mut Node, on: bool, force: bool, at: u64) -> Vec<Action> {
+    n.handle(
+        Event::Maintenance {
+            on,
+            reason: "kernel update".into(),
+            force,
+            token: Some(5),
+        },
+        ms(at),
+    )
+}
+
+fn reply_of(out: &[Action]) -> Option<Result<String, String>> {
+    out.iter().find_map(|a| match a {
+        Action::Reply { token: 5, result } => Some(result.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_backup_in_maintenance_never_claims_and_its_peer_knows() {
+    let (a, mut b) = master_a(ms(100));
+    let out = maintenance(&mut b, true, false, 150);
+    assert!(matches!(reply_of(&out), Some(Ok(_))));
+    assert!(b.advert().maintenance);
+    assert!(
+        claim_of(&b.handle(Event::Tick, ms(2000))).is_none(),
+        "master dead, still no claim"
+    );
+    let out = maintenance(&mut b, false, false, 2100);
+    assert!(matches!(reply_of(&out), Some(Ok(_))));
+    assert!(claim_of(&out).is_some(), "out of maintenance it takes over");
+    let _ = a;
+}
+
+#[test]
+fn a_master_going_into_maintenance_hands_over_first_and_answers_when_done() {
+    let (mut a, mut b) = master_a(ms(100));
+    let out = maintenance(&mut a, true, false, 200);
+    assert!(
+        reply_of(&out).is_none(),
+        "answered when the handover is over"
+    );
+    assert!(matches!(a.advert().yield_msg, YieldMsg::Offer { ref to, .. } if to == "node-b"));
+    b.handle(heartbeat(&a, "node-a"), ms(210));
+    a.handle(heartbeat(&b, "node-b"), ms(220));
+    a.handle(Event::NetRemoved(Ok(())), ms(230));
+    a.handle(Event::ReleaseDone(Ok(())), ms(240));
+    b.handle(heartbeat(&a, "node-a"), ms(250));
+    b.handle(Event::ClaimDone(Ok(ClaimResult::Claimed)), ms(300));
+    let out = a.handle(heartbeat(&b, "node-b"), ms(310));
+    assert!(matches!(reply_of(&out), Some(Ok(_))));
+    assert_eq!(a.role(), Role::Backup);
+    assert_eq!(a.maintenance(), Some("kernel update"));
+    // b is master; a in maintenance is not a handover target for b.
+    let out = b.handle(
+        Event::YieldRequested {
+            token: 6,
+            timeout: Duration::from_secs(5),
+        },
+        ms(320),
+    );
+    let _ = out;
+    b.handle(heartbeat(&a, "node-a"), ms(330));
+    assert!(matches!(b.advert().yield_msg, YieldMsg::None));
+}
+
+#[test]
+fn maintenance_on_a_master_without_a_healthy_peer_is_refused_unless_forced() {
+    let mut a = node_a();
+    a.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    a.handle(Event::NetApplied(Ok(())), ms(20));
+    let out = maintenance(&mut a, true, false, 2000);
+    assert!(matches!(reply_of(&out), Some(Err(ref e)) if e.contains("--force")));
+    assert_eq!(a.maintenance(), None);
+    let out = maintenance(&mut a, true, true, 2100);
+    assert!(matches!(reply_of(&out), Some(Ok(_))));
+    assert_eq!(
+        a.role(),
+        Role::Master,
+        "keeps the ENI: nobody else can serve"
+    );
+    assert!(!a.is_degraded(), "maintenance is not a failing check");
+}
+
+#[test]
+fn losing_and_regaining_a_peer_is_told_once_each() {
+    let (a, mut b) = master_a(ms(100));
+    let lost = |out: &[Action]| {
+        alerts(out)
+            .iter()
+            .filter(|x| matches!(x, Alert::PeerLost { peer } if peer == "node-a"))
+            .count()
+    };
+    let mut all = Vec::new();
+    for t in (200..=1500).step_by(100) {
+        all.extend(b.handle(Event::Tick, ms(t)));
+    }
+    assert_eq!(lost(&all), 1, "{all:?}");
+    let out = b.handle(heartbeat(&a, "node-a"), ms(1600));
+    assert!(alerts(&out)
+        .iter()
+        .any(|x| matches!(x, Alert::PeerBack { peer } if peer == "node-a")));
+}
+
+#[test]
+fn a_hold_down_and_a_fault_are_told() {
+    let (mut a, _b) = master_a(ms(100));
+    let out = a.handle(Event::CloudState(Ok(CloudView::Holder(B.into()))), ms(200));
+    assert!(alerts(&out)
+        .iter()
+        .any(|x| matches!(x, Alert::HoldDownStarted { duration } if !duration.is_zero())));
+    let mut c = node_a();
+    c.start(ms(0));
+    let out = c.handle(
+        Event::CloudState(Err(Failure::permanent("UnauthorizedOperation"))),
+        ms(10),
+    );
+    assert!(alerts(&out)
+        .iter()
+        .any(|x| matches!(x, Alert::FaultEntered { .. })));
+}
+
+#[test]
+fn a_reload_changes_priority_and_timings_without_a_role_change() {
+    let (mut a, _b) = master_a(ms(100));
+    let mut cfg = a.config().clone();
+    cfg.priority = 200;
+    cfg.dead_interval = Duration::from_secs(3);
+    cfg.name = "renamed".into();
+    let out = a.reconfigure(cfg, ms(150));
+    assert_eq!(a.role(), Role::Master);
+    assert!(!out.iter().any(|x| matches!(x, Action::Transitioned { .. })));
+    assert!(out.contains(&Action::SendHeartbeat));
+    assert_eq!(a.advert().priority, 200);
+    assert_eq!(a.config().dead_interval, Duration::from_secs(3));
+    assert_eq!(a.config().name, "node-a", "identity is not reloaded");
+}
+
+#[test]
+fn a_holder_never_heard_but_serving_is_reported_as_a_setup_problem() {
+    let mut b = corroborated(super::tests::node_b());
+    b.start(ms(0));
+    b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    probe(&mut b, 900, true);
+    let out = b.handle(Event::Tick, ms(1100));
+    assert!(claim_of(&out).is_none());
+    assert!(alerts(&out)
+        .iter()
+        .any(|x| matches!(x, Alert::PeerNeverHeard { peer, .. } if peer == "node-a")));
+    assert_eq!(b.silent_but_serving(), Some("node-a"));
 }

@@ -23,7 +23,7 @@ impl Daemon {
                 self.transitioned(&from, &to, &reason);
                 self.checks_role_changed(to);
             }
-            Action::Alert(alert) => crate::alerts::log(&alert, &self.rejected_summary()),
+            Action::Alert(alert) => self.alert(alert),
             Action::SendHeartbeat => self.send_heartbeat().await,
             Action::QueryCloud => self.query_cloud(),
             Action::Claim {
@@ -108,6 +108,17 @@ impl Daemon {
         self.with_plan(PlanUse::Remove).await;
     }
 
+    /// Logs the alert and tells the operator's on-event hooks (rate-limited by the runner).
+    fn alert(&mut self, alert: crate::core::Alert) {
+        crate::alerts::log(&alert, &self.rejected_summary());
+        if self.settings.hooks.on_event.is_empty() {
+            return;
+        }
+        let mut env = self.hook_env(crate::alerts::summary(&alert));
+        env.event = Some((alert.key().to_string(), crate::alerts::details(&alert)));
+        self.hooks.run(Transition::Event, env);
+    }
+
     fn run_hooks(&mut self, kind: HookKind, reason: String) {
         let transition = match kind {
             HookKind::Master => Transition::Master,
@@ -115,7 +126,15 @@ impl Daemon {
             HookKind::Fault => Transition::Fault,
             HookKind::Stop => Transition::Stop,
         };
-        let env = HookEnv {
+        let env = self.hook_env(reason);
+        if transition == Transition::Master {
+            self.timeline.mark(crate::timeline::Mark::HooksStarted);
+        }
+        self.hooks.run(transition, env);
+    }
+
+    fn hook_env(&self, reason: String) -> HookEnv {
+        HookEnv {
             node: self.settings.node.name.clone(),
             role: self.node.role().to_string(),
             reason,
@@ -130,11 +149,8 @@ impl Daemon {
                         .collect()
                 })
                 .unwrap_or_default(),
-        };
-        if transition == Transition::Master {
-            self.timeline.mark(crate::timeline::Mark::HooksStarted);
+            event: None,
         }
-        self.hooks.run(transition, env);
     }
 
     fn reply(&mut self, token: u64, result: Result<String, String>) {

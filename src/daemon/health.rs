@@ -47,6 +47,17 @@ impl Daemon {
         }
     }
 
+    /// The host network was applied and this node serves: the ENI's checks count from now.
+    pub(super) fn checks_network_applied(&mut self) {
+        let Some(sup) = self.checks.as_mut() else {
+            return;
+        };
+        if let Some(v) = sup.network_applied() {
+            let event = self.verdict_event(v);
+            self.report_back(Done::Core(event));
+        }
+    }
+
     /// Called with every heartbeat sent: once a peer is late by half an interval, probe through
     /// the ENI at the heartbeat cadence so that a dead holder is known to be dead by the time
     /// the dead interval ends.
@@ -91,7 +102,7 @@ impl Daemon {
             .peer
             .counters()
             .into_iter()
-            .filter(|(k, n)| *n > 0 && !matches!(k.as_str(), "accepted" | "sent"))
+            .filter(|(k, n)| *n > 0 && !k.starts_with("accepted") && k != "sent")
             .map(|(reason, n)| format!("{reason}={n}"))
             .collect();
         if parts.is_empty() {

@@ -16,8 +16,10 @@
 mod actions;
 mod cloud_worker;
 mod health;
+mod maintenance;
 mod net_worker;
 mod plan;
+mod reload;
 mod report;
 mod results;
 mod signals;
@@ -81,6 +83,10 @@ impl DaemonError {
 /// Everything the loop needs from outside, so tests can inject fakes and pre-bound sockets.
 pub struct Parts {
     pub settings: Settings,
+    /// Where `settings` came from, re-read on SIGHUP (`None`: reloads are refused).
+    pub config_path: Option<std::path::PathBuf>,
+    /// SIGHUP, as reload requests.
+    pub reloads: mpsc::Receiver<()>,
     pub cloud: Arc<dyn Cloud>,
     pub net: Arc<dyn HostNet>,
     pub peer: PeerLink,
@@ -89,9 +95,11 @@ pub struct Parts {
 }
 
 /// Builds the adapters the config asks for and runs until stopped.
-pub async fn run(settings: Settings) -> Result<(), DaemonError> {
-    let key =
-        crate::config::keyfile::read_key(&settings.auth.key_file).map_err(DaemonError::Key)?;
+pub async fn run(
+    settings: Settings,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<(), DaemonError> {
+    let key = crate::config::keyfile::read_keys(&settings.auth).map_err(DaemonError::Key)?;
     let peers = settings
         .peers
         .iter()
@@ -111,6 +119,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         .map_err(DaemonError::Control)?;
     let mut control = startup::serve_control(listener);
     let mut shutdown = shutdown_signals().map_err(DaemonError::Signal)?;
+    // Early, so that a SIGHUP while waiting for the cloud does not end the daemon.
+    let reloads = reload::reload_signals()?;
     // Ready once the sockets are bound: the cloud may take a while at boot, and systemd must
     // not kill a daemon that is only waiting for it.
     signals::sd_notify("READY=1\nSTATUS=waiting for the cloud");
@@ -128,6 +138,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let net = build_net(&settings)?;
     let parts = Parts {
         settings,
+        config_path,
+        reloads,
         cloud,
         net,
         peer,
@@ -202,6 +214,12 @@ enum Done {
         event: Event,
         steps: Vec<Step>,
     },
+    /// What a removal (or a cleanup) left on the host: the `tried` plans were removed again,
+    /// the `failed` ones are still (partly) there, with why.
+    Leftovers {
+        tried: Vec<NetPlan>,
+        failed: Vec<(NetPlan, String)>,
+    },
     /// From the link watch while master.
     LinkGone,
     Drift,
@@ -229,6 +247,9 @@ struct Daemon {
     /// The plan last sent to be applied: what a removal must take away even if the ENI's
     /// description changed since.
     applied: Option<NetPlan>,
+    /// Plans whose removal failed, with the last error: removed again on each reconcile tick
+    /// while this node does not serve, until the host is clean; `role` lists them.
+    leftovers: Vec<(NetPlan, String)>,
     /// Uses of the plan waiting, in order, for the describe in flight (`describing`).
     plan_waiting: Vec<PlanUse>,
     describing: bool,
@@ -238,6 +259,8 @@ struct Daemon {
     exit: bool,
     /// The service checks, when any are configured.
     checks: Option<Supervisor>,
+    /// The file the settings came from, re-read on SIGHUP.
+    config_path: Option<std::path::PathBuf>,
 }
 
 /// What woke the loop.
@@ -248,6 +271,7 @@ enum Wake {
     Control(Incoming),
     Hooks(HookReport),
     Check(CheckReport),
+    Reload,
     Reconcile,
     Stop(Option<StopRequest>),
     StopDecided(bool),
@@ -265,12 +289,15 @@ struct Inbox {
     stop_tx: mpsc::Sender<bool>,
     reconcile: tokio::time::Interval,
     checks: mpsc::Receiver<CheckReport>,
+    reloads: mpsc::Receiver<()>,
 }
 
 /// The loop proper, with injected parts; returns when the core says the stop is complete.
 pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     let Parts {
         settings,
+        config_path,
+        reloads,
         cloud,
         net,
         peer,
@@ -309,6 +336,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         )
     });
     let mut inbox = Inbox {
+        reloads,
         checks: checks_rx,
         done,
         control: ctl_rx,
@@ -326,6 +354,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     };
     let mut d = Daemon::new(settings, instance_id, peer, hooks, workers);
     d.checks = checks;
+    d.config_path = config_path;
     d.serve(&mut inbox).await;
     // Let the stop hooks run (bounded), then close the control socket.
     drop(d.hooks);
@@ -364,6 +393,7 @@ pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig 
         handover_timeout: settings.stop.handover_timeout,
         retry_delay: Duration::from_secs(1),
         corroborate_fall: Supervisor::corroborate_fall(&settings.checks),
+        maintenance: maintenance::load(&settings.node.state_dir),
     }
 }
 
@@ -400,6 +430,7 @@ impl Daemon {
             instance_id,
             eni: None,
             applied: None,
+            leftovers: Vec::new(),
             plan_waiting: Vec::new(),
             describing: false,
             pending_yields: HashMap::new(),
@@ -407,6 +438,7 @@ impl Daemon {
             timeline: Recorder::default(),
             exit: false,
             checks: None,
+            config_path: None,
         }
     }
 
@@ -439,6 +471,7 @@ impl Daemon {
                 Wake::Control(inc) => self.on_control(inc).await,
                 Wake::Hooks(report) => self.on_hooks(report),
                 Wake::Check(report) => self.on_check(report).await,
+                Wake::Reload => self.reload().await,
                 Wake::Reconcile => self.reconcile().await,
                 Wake::Stop(stop) => {
                     signals::decide_stop(stop, self.settings.stop.mode, inbox.stop_tx.clone());
@@ -473,6 +506,7 @@ impl Daemon {
             Some(inc) = inbox.control.recv() => Wake::Control(inc),
             Some(report) = inbox.hooks.recv() => Wake::Hooks(report),
             Some(report) = inbox.checks.recv() => Wake::Check(report),
+            Some(()) = inbox.reloads.recv() => Wake::Reload,
             _ = inbox.reconcile.tick() => Wake::Reconcile,
             stop = inbox.stops.recv(), if stopping.is_none() => Wake::Stop(stop),
             Some(handover) = inbox.stop_decided.recv() => Wake::StopDecided(handover),

@@ -1,5 +1,7 @@
 //! The net worker: applies, removes and repairs the host network config, one job at a time, off
-//! the loop, and reports each apply and removal back as a [`Done::Net`].
+//! the loop, and reports each apply and removal back as a [`Done::Net`]. Every removal also
+//! reports what it left on the host ([`Done::Leftovers`]), so the loop can retry it later
+//! ([`NetJob::Cleanup`]) until the host is clean.
 
 use std::sync::Arc;
 
@@ -17,6 +19,9 @@ pub(super) enum NetJob {
     Remove(Vec<NetPlan>),
     /// Repair drift; only while master and with `network.repair` on. Not news for the core.
     Reconcile(NetPlan),
+    /// Remove again what an earlier removal left behind. Not news for the core: only the
+    /// [`Done::Leftovers`] comes back.
+    Cleanup(Vec<NetPlan>),
 }
 
 pub(super) async fn run(
@@ -28,11 +33,18 @@ pub(super) async fn run(
     while let Some(job) = jobs.recv().await {
         let msg = match job {
             NetJob::Apply(plan) => apply(&*net, &plan).await,
-            NetJob::Remove(plans) => remove(&*net, &plans).await,
+            NetJob::Remove(plans) => {
+                let (done_msg, left) = remove(&*net, &plans).await;
+                if done.send(left).is_err() {
+                    return;
+                }
+                done_msg
+            }
             NetJob::Reconcile(plan) => {
                 reconcile(&*net, &plan).await;
                 continue;
             }
+            NetJob::Cleanup(plans) => remove(&*net, &plans).await.1,
         };
         if done.send(msg).is_err() {
             return;
@@ -62,9 +74,10 @@ async fn apply(net: &dyn HostNet, plan: &NetPlan) -> Done {
 }
 
 /// Removes every plan, going on past a failure so that one stuck rule does not leave the rest
-/// behind; the result is the last failure, if any.
-async fn remove(net: &dyn HostNet, plans: &[NetPlan]) -> Done {
+/// behind; the result is the last failure, if any, and what is left on the host.
+async fn remove(net: &dyn HostNet, plans: &[NetPlan]) -> (Done, Done) {
     let mut result = Ok(());
+    let mut failed = Vec::new();
     for plan in plans {
         match net.remove(plan).await {
             Ok(report) if !report.changed.is_empty() => {
@@ -74,13 +87,19 @@ async fn remove(net: &dyn HostNet, plans: &[NetPlan]) -> Done {
             Err(e) => {
                 warn!(error = %e, kind = e.kind(), "removing the host network config failed");
                 result = Err(e.to_string());
+                failed.push((plan.clone(), e.to_string()));
             }
         }
     }
-    Done::Net {
+    let net = Done::Net {
         event: Event::NetRemoved(result),
         steps: Vec::new(),
-    }
+    };
+    let left = Done::Leftovers {
+        tried: plans.to_vec(),
+        failed,
+    };
+    (net, left)
 }
 
 async fn reconcile(net: &dyn HostNet, plan: &NetPlan) {

@@ -2,7 +2,7 @@
 //! description is not known yet, the uses wait (in order) for a describe by the cloud worker
 //! instead of the loop awaiting the cloud.
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::cloud_worker::CloudJob;
 use super::net_worker::NetJob;
@@ -59,6 +59,8 @@ impl Daemon {
     async fn use_plan(&mut self, use_: PlanUse, plan: Option<NetPlan>) {
         match (use_, plan) {
             (PlanUse::Apply, Some(plan)) => {
+                // Applied again, it is wanted on the host: no longer a leftover.
+                self.leftovers.retain(|(p, _)| *p != plan);
                 self.applied = Some(plan.clone());
                 let _ = self.net_tx.send(NetJob::Apply(plan));
             }
@@ -149,11 +151,43 @@ impl Daemon {
         }));
     }
 
-    /// Queues a drift repair when this node serves the address and repair is on.
+    /// Queues a drift repair when this node serves the address and repair is on; otherwise
+    /// queues the removal of whatever an earlier removal left behind.
     pub(super) async fn reconcile(&mut self) {
-        if !self.settings.network.repair || !self.node.is_serving() {
+        if !self.node.is_serving() {
+            self.clean_leftovers();
+            return;
+        }
+        if !self.settings.network.repair {
             return;
         }
         self.with_plan(PlanUse::Reconcile).await;
+    }
+
+    /// Removes the leftovers again. Never while serving: a leftover may share its table with
+    /// the plan in use, and the host config of a master is the apply's to keep.
+    fn clean_leftovers(&mut self) {
+        if self.leftovers.is_empty() {
+            return;
+        }
+        let plans = self.leftovers.iter().map(|(p, _)| p.clone()).collect();
+        let _ = self.net_tx.send(NetJob::Cleanup(plans));
+    }
+
+    /// A removal's report: what it tried is no longer a leftover unless it failed again.
+    pub(super) fn on_leftovers(&mut self, tried: Vec<NetPlan>, failed: Vec<(NetPlan, String)>) {
+        let before = self.leftovers.len();
+        self.leftovers.retain(|(p, _)| !tried.contains(p));
+        let cleaned = before - self.leftovers.len();
+        if failed.is_empty() && cleaned > 0 {
+            info!(
+                plans = cleaned,
+                "host network leftovers removed: the host is clean"
+            );
+        }
+        for (plan, error) in failed {
+            warn!(mac = %plan.mac, %error, "host network config left on the host; retried on the next reconcile");
+            self.leftovers.push((plan, error));
+        }
     }
 }

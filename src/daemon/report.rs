@@ -42,9 +42,15 @@ impl Daemon {
                 .peer
                 .counters()
                 .into_iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "accepted" | "sent"))
+                .filter(|(k, _)| !k.starts_with("accepted") && k != "sent")
                 .collect(),
             health: self.health_report(now),
+            maintenance: self.node.maintenance().map(str::to_string),
+            leftovers: self
+                .leftovers
+                .iter()
+                .map(|(p, e)| format!("ENI {}: {e}", p.mac))
+                .collect(),
         }
     }
 
@@ -87,6 +93,7 @@ impl Daemon {
                     .map(|h| now.saturating_sub(h).as_millis() as u64),
                 alive: self.node.is_alive(&p.name, now),
                 healthy: p.advert.as_ref().map(|a| a.healthy),
+                maintenance: p.advert.as_ref().map(|a| a.maintenance),
             })
             .collect()
     }

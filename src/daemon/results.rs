@@ -52,9 +52,11 @@ impl Daemon {
                 }
                 self.feed(event).await;
                 if applied && self.node.is_serving() {
+                    self.checks_network_applied();
                     self.start_watch().await;
                 }
             }
+            Done::Leftovers { tried, failed } => self.on_leftovers(tried, failed),
             Done::LinkGone => {
                 warn!("the ENI's interface disappeared from this host");
                 self.feed(Event::LinkLost).await;
@@ -126,6 +128,25 @@ impl Daemon {
                     timeout: Duration::from_millis(timeout_ms),
                 })
                 .await;
+            }
+            Request::Maintenance {
+                on,
+                reason,
+                force,
+                timeout_ms: _,
+            } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.pending_yields.insert(token, inc.reply);
+                info!(on, %reason, force, "maintenance requested");
+                let event = Event::Maintenance {
+                    on,
+                    reason,
+                    force,
+                    token: Some(token),
+                };
+                self.feed(event).await;
+                self.persist_maintenance();
             }
         }
     }

@@ -87,7 +87,7 @@ async fn connect(settings: &Settings) -> Result<(Arc<dyn Cloud>, Identity), Daem
 fn answer(inc: Incoming, report: &RoleReport) {
     let response = match inc.request {
         Request::Role => Response::Role(report.clone()),
-        Request::Yield { .. } => Response::Error {
+        Request::Yield { .. } | Request::Maintenance { .. } => Response::Error {
             message: format!("this node is not master yet: {}", report_reason(report)),
         },
     };
@@ -127,5 +127,7 @@ fn waiting_report(settings: &Settings, waiting: &str, since: std::time::SystemTi
         last_failover: None,
         rejected: Vec::new(),
         health: Default::default(),
+        maintenance: None,
+        leftovers: Vec::new(),
     }
 }

@@ -132,3 +132,123 @@ async fn plan_uses_wait_for_one_describe_and_keep_their_order() {
     assert!(ends.cloud.try_recv().is_err());
     assert!(matches!(ends.net.try_recv(), Ok(NetJob::Apply(_))));
 }
+
+/// The host adapter with a fault hook: the first removal fails (leaving the host config in
+/// place), every later one succeeds. Counts removals.
+#[derive(Default)]
+struct FailsFirstRemoval {
+    removals: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::net::HostNet for FailsFirstRemoval {
+    fn prepare<'a>(
+        &'a self,
+        _mac: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), crate::net::NetError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        _plan: &'a crate::net::NetPlan,
+    ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
+        Box::pin(async { Ok(crate::net::ApplyReport::default()) })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        plan: &'a crate::net::NetPlan,
+    ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
+        self.apply(plan)
+    }
+
+    fn remove<'a>(
+        &'a self,
+        _plan: &'a crate::net::NetPlan,
+    ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
+        let n = self
+            .removals
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if n == 0 {
+                return Err(crate::net::NetError::new(
+                    crate::net::NetErrorKind::Netlink,
+                    "delete rule from 198.18.1.25 lookup 10001: EBUSY",
+                ));
+            }
+            Ok(crate::net::ApplyReport::default())
+        })
+    }
+
+    fn watch<'a>(
+        &'a self,
+        _plan: &'a crate::net::NetPlan,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<tokio::sync::mpsc::Receiver<crate::net::NetEvent>, crate::net::NetError>,
+    > {
+        Box::pin(async { Ok(tokio::sync::mpsc::channel(1).1) })
+    }
+}
+
+/// Waits (bounded) for the next message of the net worker.
+async fn next_done(done: &mut UnboundedReceiver<Done>) -> Done {
+    tokio::time::timeout(Duration::from_secs(5), done.recv())
+        .await
+        .expect("the net worker answers")
+        .expect("the net worker is running")
+}
+
+/// A removal outside the release path (after a step-down: not serving) fails once: the role
+/// report lists the leftover, the next reconcile removes it again, and then the host is clean
+/// and the report says nothing. The net worker is the real one; the adapter fails once.
+#[tokio::test]
+async fn a_failed_removal_is_retried_on_reconcile_until_the_host_is_clean() {
+    let (mut d, ends) = daemon();
+    let net = Arc::new(FailsFirstRemoval::default());
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let (net_tx, net_rx) = mpsc::unbounded_channel();
+    tokio::spawn(super::net_worker::run(net.clone(), net_rx, done_tx));
+    d.net_tx = net_tx;
+    d.remember_eni(eni());
+    assert!(!d.node.is_serving());
+
+    at_once(d.act(Action::RemoveNet));
+    // The removal's leftovers first, then its result for the core.
+    let left = next_done(&mut done).await;
+    assert!(matches!(&left, Done::Leftovers { failed, .. } if failed.len() == 1));
+    at_once(d.on_done(left));
+    assert!(matches!(
+        next_done(&mut done).await,
+        Done::Net {
+            event: Event::NetRemoved(Err(_)),
+            ..
+        }
+    ));
+    let report = d.report();
+    assert_eq!(report.leftovers.len(), 1, "{:?}", report.leftovers);
+    assert!(
+        report.leftovers[0].contains("EBUSY"),
+        "{:?}",
+        report.leftovers
+    );
+    assert!(report.render(0).contains("LEFTOVER on the host"));
+
+    // The reconcile tick removes it again, off the core's path.
+    at_once(d.reconcile());
+    let again = next_done(&mut done).await;
+    assert!(
+        matches!(&again, Done::Leftovers { tried, failed } if tried.len() == 1 && failed.is_empty())
+    );
+    at_once(d.on_done(again));
+    assert_eq!(net.removals.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(d.report().leftovers.is_empty(), "the host is clean");
+    assert!(!d.report().render(0).contains("LEFTOVER"));
+
+    // Clean: the next tick has nothing to remove.
+    let (net_tx, mut jobs) = mpsc::unbounded_channel();
+    d.net_tx = net_tx;
+    at_once(d.reconcile());
+    assert!(jobs.try_recv().is_err(), "no removal once clean");
+    drop(ends);
+}

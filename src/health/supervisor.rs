@@ -49,11 +49,22 @@ struct Own {
     handle: Option<CheckHandle>,
     state: HealthState,
     last_error: Option<String>,
+    /// Reports of probes started before this are stale: they may have been answered by the
+    /// previous holder of the ENI (see [`Supervisor::set_master`]).
+    since: Instant,
 }
 
 impl Own {
     fn targets_eni(&self) -> bool {
         matches!(self.check.probe.host(), Some(CheckHost::EniAddress))
+    }
+
+    /// Forgets what the check said so far; `start_own` starts it again.
+    fn restart(&mut self) {
+        self.handle = None;
+        self.state = HealthState::Unknown;
+        self.last_error = None;
+        self.since = Instant::now();
     }
 }
 
@@ -65,6 +76,8 @@ pub struct Supervisor {
     primary: Option<IpAddr>,
     eni: Option<IpAddr>,
     master: bool,
+    /// Became master, host network not applied yet: the ENI's checks start again once it is.
+    awaiting_network: bool,
     healthy: bool,
     reports: mpsc::Sender<CheckReport>,
 }
@@ -86,6 +99,7 @@ impl Supervisor {
                 handle: None,
                 state: HealthState::Unknown,
                 last_error: None,
+                since: Instant::now(),
             })
             .collect();
         let mut s = Supervisor {
@@ -95,6 +109,7 @@ impl Supervisor {
             primary,
             eni: None,
             master: false,
+            awaiting_network: false,
             healthy: true,
             reports,
         };
@@ -114,8 +129,7 @@ impl Supervisor {
         }
         self.eni = Some(eni);
         for o in self.own.iter_mut().filter(|o| o.targets_eni()) {
-            o.handle = None;
-            o.state = HealthState::Unknown;
+            o.restart();
         }
         self.start_own();
         if let Some(c) = &self.through_eni {
@@ -150,9 +164,37 @@ impl Supervisor {
     }
 
     /// The role changed: checks on the ENI's address count for own health only on a master.
+    ///
+    /// A node that becomes master starts those checks afresh: until now their probes were
+    /// answered by the previous holder, and a holder that died (the very reason for a
+    /// failover) left them failing. Counting that history would make the new master judge
+    /// itself unhealthy and hand the ENI straight back to the node that just failed.
     pub fn set_master(&mut self, master: bool) -> Option<Verdict> {
+        if master && !self.master {
+            self.restart_eni_checks();
+        }
+        self.awaiting_network = master;
         self.master = master;
         self.recompute()
+    }
+
+    /// The host network is applied on this master: the ENI's checks start once more, so that
+    /// the probes sent while the address was not configured here yet (certain failures) do
+    /// not count toward `fall`. Once per mastership: a check that fails must reach `fall`.
+    pub fn network_applied(&mut self) -> Option<Verdict> {
+        if !(self.master && self.awaiting_network) {
+            return None;
+        }
+        self.awaiting_network = false;
+        self.restart_eni_checks();
+        self.recompute()
+    }
+
+    fn restart_eni_checks(&mut self) {
+        for o in self.own.iter_mut().filter(|o| o.targets_eni()) {
+            o.restart();
+        }
+        self.start_own();
     }
 
     /// Heartbeats from the holder are late: probe through the ENI now rather than at the next
@@ -171,6 +213,10 @@ impl Supervisor {
             });
         }
         let o = self.own.get_mut(r.id)?;
+        if r.started < o.since {
+            // From a runner replaced since (or queued before it was): stale.
+            return None;
+        }
         o.state = r.state;
         o.last_error = r.result.as_ref().err().map(|e| e.to_string());
         self.recompute()
@@ -290,7 +336,12 @@ mod tests {
     async fn an_eni_check_counts_for_own_health_only_on_a_master() {
         let mut s = supervisor(&[http(CheckHost::EniAddress, "web")]);
         assert_eq!(s.on_report(&report(0, HealthState::Down, false)), None);
-        let v = s.set_master(true);
+        assert_eq!(
+            s.set_master(true),
+            None,
+            "a backup's failures are forgotten"
+        );
+        let v = s.on_report(&report(0, HealthState::Down, false));
         assert!(
             matches!(v, Some(Verdict::Own { healthy: false, ref detail }) if detail.contains("web"))
         );
@@ -301,6 +352,17 @@ mod tests {
                 detail: "all checks pass".into()
             })
         );
+    }
+
+    /// A failover's new master must not judge itself by probes the dead holder failed: the
+    /// lab saw a new master hand the ENI straight back to the node that had just died.
+    #[tokio::test]
+    async fn probes_started_before_becoming_master_do_not_count() {
+        let mut s = supervisor(&[http(CheckHost::EniAddress, "web")]);
+        let before = report(0, HealthState::Down, false);
+        assert_eq!(s.set_master(true), None);
+        assert_eq!(s.on_report(&before), None, "a stale report counted");
+        assert!(s.views()[0].state == HealthState::Unknown);
     }
 
     #[tokio::test]
@@ -328,6 +390,22 @@ mod tests {
                 ok: false
             })
         );
+    }
+
+    /// The first probe of a new master runs before its host network is applied and fails;
+    /// with one more failure a healthy service would count as down (the lab saw a handover
+    /// 0.3 s after one real failure).
+    #[tokio::test]
+    async fn probes_before_the_network_is_applied_do_not_count() {
+        let mut s = supervisor(&[http(CheckHost::EniAddress, "web")]);
+        assert_eq!(s.set_master(true), None);
+        let early = report(0, HealthState::Down, false);
+        assert_eq!(s.network_applied(), None);
+        assert_eq!(s.on_report(&early), None, "a pre-network report counted");
+        let later = report(0, HealthState::Down, false);
+        assert!(s.on_report(&later).is_some());
+        assert_eq!(s.network_applied(), None, "only once per mastership");
+        assert!(s.views()[0].state == HealthState::Down);
     }
 
     #[test]

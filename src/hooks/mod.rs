@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -33,6 +34,8 @@ pub enum Transition {
     Backup,
     Fault,
     Stop,
+    /// Not a role change: something the operator should hear about (`ENIPEER_EVENT`).
+    Event,
 }
 
 impl Transition {
@@ -42,6 +45,7 @@ impl Transition {
             Transition::Backup => "backup",
             Transition::Fault => "fault",
             Transition::Stop => "stop",
+            Transition::Event => "event",
         }
     }
 
@@ -51,6 +55,7 @@ impl Transition {
             Transition::Backup => &settings.on_backup,
             Transition::Fault => &settings.on_fault,
             Transition::Stop => &settings.on_stop,
+            Transition::Event => &settings.on_event,
         }
     }
 }
@@ -71,13 +76,16 @@ pub struct HookEnv {
     /// The ENI's interface name on this host, when known (not while backup, for instance).
     pub interface: Option<String>,
     pub addresses: Vec<Ipv4Addr>,
+    /// For [`Transition::Event`]: the event's name and details (`ENIPEER_EVENT`,
+    /// `ENIPEER_EVENT_<KEY>`).
+    pub event: Option<(String, Vec<(String, String)>)>,
 }
 
 impl HookEnv {
     /// The variables passed to every command of `transition`, added to the daemon's environment.
-    pub fn vars(&self, transition: Transition) -> Vec<(&'static str, String)> {
+    pub fn vars(&self, transition: Transition) -> Vec<(String, String)> {
         let addresses: Vec<String> = self.addresses.iter().map(|a| a.to_string()).collect();
-        vec![
+        let mut vars: Vec<(String, String)> = [
             ("ENIPEER_TRANSITION", transition.as_str().to_string()),
             ("ENIPEER_NODE", self.node.clone()),
             ("ENIPEER_ROLE", self.role.clone()),
@@ -89,6 +97,17 @@ impl HookEnv {
             ),
             ("ENIPEER_ADDRESSES", addresses.join(" ")),
         ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some((name, details)) = &self.event {
+            vars.push(("ENIPEER_EVENT".into(), name.clone()));
+            for (k, v) in details {
+                let key = k.to_ascii_uppercase().replace('-', "_");
+                vars.push((format!("ENIPEER_EVENT_{key}"), v.clone()));
+            }
+        }
+        vars
     }
 }
 
@@ -153,9 +172,17 @@ pub struct HookReport {
 #[derive(Debug, Clone)]
 pub struct HookHandle {
     queue: mpsc::UnboundedSender<(Transition, HookEnv)>,
+    settings: Arc<Mutex<HookSettings>>,
 }
 
 impl HookHandle {
+    /// A reload changed the hooks: transitions queued from now on run the new commands.
+    pub fn update(&self, settings: HookSettings) {
+        if let Ok(mut s) = self.settings.lock() {
+            *s = settings;
+        }
+    }
+
     /// Queues the hooks of `transition`; returns at once. Never fails: hooks are the operator's
     /// business and must not stop a failover, so a missing runner is only logged.
     pub fn run(&self, transition: Transition, env: HookEnv) {
@@ -171,7 +198,8 @@ impl HookHandle {
 /// The background task that runs hooks one at a time.
 #[derive(Debug)]
 pub struct HookRunner {
-    settings: HookSettings,
+    /// Shared with the handles, so that a reload reaches the runner.
+    settings: Arc<Mutex<HookSettings>>,
     queue: mpsc::UnboundedReceiver<(Transition, HookEnv)>,
     reports: mpsc::UnboundedSender<HookReport>,
 }
@@ -186,13 +214,18 @@ impl HookRunner {
     pub fn spawn(settings: HookSettings) -> (HookHandle, mpsc::UnboundedReceiver<HookReport>) {
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let settings = Arc::new(Mutex::new(settings));
         let runner = HookRunner {
-            settings,
+            settings: Arc::clone(&settings),
             queue: queue_rx,
             reports: report_tx,
         };
         tokio::spawn(runner.work());
-        (HookHandle { queue: queue_tx }, report_rx)
+        let handle = HookHandle {
+            queue: queue_tx,
+            settings,
+        };
+        (handle, report_rx)
     }
 
     async fn work(mut self) {
@@ -200,11 +233,19 @@ impl HookRunner {
         // operator's hooks may be paired (a `master` hook adds a route that the `backup` hook
         // removes), and skipping one half would leave the host in a state nobody asked for.
         // Running them in order also keeps the logs telling the story as it happened.
+        let mut limit = EventLimit::default();
         while let Some((transition, env)) = self.queue.recv().await {
+            if transition == Transition::Event && !limit.allow(Instant::now()) {
+                continue;
+            }
             let vars = env.vars(transition);
+            let settings = match self.settings.lock() {
+                Ok(s) => s.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
             let mut results = Vec::new();
-            for argv in transition.commands(&self.settings) {
-                let result = run_command(argv, &vars, self.settings.timeout).await;
+            for argv in transition.commands(&settings) {
+                let result = run_command(argv, &vars, settings.timeout).await;
                 results.push(result);
             }
             let report = HookReport {
@@ -214,6 +255,43 @@ impl HookRunner {
             };
             // Nobody listening for reports is fine: the results have been logged already.
             let _ = self.reports.send(report);
+        }
+    }
+}
+
+/// At most [`EVENTS_PER_MINUTE`] on-event runs a minute: a flapping peer must not fork-bomb the
+/// host. What is dropped is counted and said once the window is over.
+const EVENTS_PER_MINUTE: u32 = 10;
+
+#[derive(Debug, Default)]
+struct EventLimit {
+    window_start: Option<Instant>,
+    used: u32,
+    dropped: u32,
+}
+
+impl EventLimit {
+    fn allow(&mut self, now: Instant) -> bool {
+        let start = *self.window_start.get_or_insert(now);
+        if now.duration_since(start) >= Duration::from_secs(60) {
+            if self.dropped > 0 {
+                warn!(
+                    dropped = self.dropped,
+                    "on-event hooks were rate-limited ({EVENTS_PER_MINUTE} a minute); the events \
+                     are still in this log"
+                );
+            }
+            *self = EventLimit {
+                window_start: Some(now),
+                ..EventLimit::default()
+            };
+        }
+        if self.used < EVENTS_PER_MINUTE {
+            self.used += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
         }
     }
 }
@@ -251,11 +329,7 @@ async fn drain<R: AsyncRead + Unpin>(pipe: Option<R>, tail: &mut Tail) {
     }
 }
 
-async fn run_command(
-    argv: &[String],
-    vars: &[(&'static str, String)],
-    timeout: Duration,
-) -> HookResult {
+async fn run_command(argv: &[String], vars: &[(String, String)], timeout: Duration) -> HookResult {
     let started = Instant::now();
     let (outcome, stdout, stderr) = execute(argv, vars, timeout).await;
     let result = HookResult {
@@ -265,7 +339,7 @@ async fn run_command(
     };
     let transition = vars
         .iter()
-        .find(|(k, _)| *k == "ENIPEER_TRANSITION")
+        .find(|(k, _)| k == "ENIPEER_TRANSITION")
         .map(|(_, v)| v.as_str())
         .unwrap_or("");
     let duration_ms = result.duration.as_millis() as u64;
@@ -293,7 +367,7 @@ async fn run_command(
 
 async fn execute(
     argv: &[String],
-    vars: &[(&'static str, String)],
+    vars: &[(String, String)],
     timeout: Duration,
 ) -> (HookOutcome, Tail, Tail) {
     let mut stdout = Tail::default();
@@ -307,7 +381,7 @@ async fn execute(
     let mut command = Command::new(program);
     command
         .args(args)
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -15,6 +15,7 @@ fn settings(timeout: Duration) -> HookSettings {
         on_backup: vec![],
         on_fault: vec![],
         on_stop: vec![],
+        on_event: Vec::new(),
     }
 }
 
@@ -30,6 +31,7 @@ fn env() -> HookEnv {
         eni: "eni-0123456789abcdef0".into(),
         interface: Some("eni1".into()),
         addresses: vec![Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 11)],
+        event: None,
     }
 }
 
@@ -287,7 +289,15 @@ async fn the_channel_closes_after_the_last_handle_and_queued_hooks() {
 fn run_without_a_runner_does_not_panic() {
     let (queue, rx) = mpsc::unbounded_channel();
     drop(rx);
-    HookHandle { queue }.run(Transition::Master, env());
+    let settings = Arc::new(Mutex::new(super::super::config::HookSettings {
+        timeout: Duration::from_secs(1),
+        on_master: Vec::new(),
+        on_backup: Vec::new(),
+        on_fault: Vec::new(),
+        on_stop: Vec::new(),
+        on_event: Vec::new(),
+    }));
+    HookHandle { queue, settings }.run(Transition::Master, env());
 }
 
 #[test]
@@ -330,4 +340,23 @@ async fn a_hook_ignoring_sigterm_is_killed_after_the_grace() {
         .parse()
         .unwrap();
     assert!(gone(pid), "hook {pid} survived SIGTERM and SIGKILL");
+}
+
+#[test]
+fn event_hooks_get_the_event_and_its_details() {
+    let mut e = env();
+    e.event = Some(("peer-lost".into(), vec![("peer".into(), "b".into())]));
+    let vars = e.vars(Transition::Event);
+    assert!(vars.contains(&("ENIPEER_TRANSITION".into(), "event".into())));
+    assert!(vars.contains(&("ENIPEER_EVENT".into(), "peer-lost".into())));
+    assert!(vars.contains(&("ENIPEER_EVENT_PEER".into(), "b".into())));
+}
+
+#[test]
+fn event_hooks_are_rate_limited_per_minute() {
+    let mut l = EventLimit::default();
+    let t0 = Instant::now();
+    let allowed = (0..50).filter(|_| l.allow(t0)).count();
+    assert_eq!(allowed as u32, EVENTS_PER_MINUTE);
+    assert!(l.allow(t0 + Duration::from_secs(61)), "a new window");
 }

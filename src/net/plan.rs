@@ -156,7 +156,8 @@ impl fmt::Display for RouteSpec {
     }
 }
 
-fn network_of(net: Ipv4Net) -> Ipv4Addr {
+/// The network address of `net` (host bits cleared).
+pub(crate) fn network_of(net: Ipv4Net) -> Ipv4Addr {
     let mask = if net.prefix == 0 {
         0
     } else {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::wire::{Packet, WireError};
+use super::wire::{Header, Packet, WireError};
 
 /// At most one warning per reason per this interval; the rest are counted and summarised.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -72,6 +72,8 @@ pub struct Acceptor {
     seen: HashMap<String, Seen>,
     counters: BTreeMap<&'static str, u64>,
     limiter: RateLimiter,
+    /// What is being judged, for the reject warning ("heartbeat", "echo request").
+    what: &'static str,
 }
 
 impl Acceptor {
@@ -96,7 +98,16 @@ impl Acceptor {
             seen: HashMap::new(),
             counters: COUNTER_NAMES.iter().map(|&n| (n, 0)).collect(),
             limiter: RateLimiter::new(WARN_INTERVAL),
+            what: "heartbeat",
         }
+    }
+
+    /// The same rules for another kind of packet (echo requests get their own acceptor, so an
+    /// echo can neither advance nor be blocked by the heartbeat replay window); `what` names it
+    /// in warnings.
+    pub fn labelled(mut self, what: &'static str) -> Self {
+        self.what = what;
+        self
     }
 
     /// Checks one authenticated packet; on success remembers it so it cannot be accepted again.
@@ -111,10 +122,20 @@ impl Acceptor {
         from: Option<SocketAddr>,
         now_unix_ms: u64,
     ) -> Result<(), Reject> {
-        match self.check(p, now_unix_ms) {
+        self.accept_header(&p.header, from, now_unix_ms)
+    }
+
+    /// The rules only look at the header; this is [`Acceptor::accept_from`] for packets that
+    /// carry no advert.
+    pub fn accept_header(
+        &mut self,
+        h: &Header,
+        from: Option<SocketAddr>,
+        now_unix_ms: u64,
+    ) -> Result<(), Reject> {
+        match self.check(h, now_unix_ms) {
             Ok(()) => {
                 self.count("accepted");
-                let h = &p.header;
                 self.seen.insert(
                     h.sender.clone(),
                     Seen {
@@ -128,7 +149,6 @@ impl Acceptor {
             Err(reason) => {
                 self.count(reason.as_str());
                 if let Some(suppressed) = self.limiter.allow(reason.as_str(), now_unix_ms) {
-                    let h = &p.header;
                     tracing::warn!(
                         reason = reason.as_str(),
                         from = from.map(tracing::field::display),
@@ -139,18 +159,18 @@ impl Acceptor {
                         timestamp_ms = h.timestamp_ms,
                         now_ms = now_unix_ms,
                         suppressed,
-                        "rejected heartbeat: {reason}"
+                        "rejected {}: {reason}",
+                        self.what
                     );
                 } else {
-                    tracing::debug!(reason = reason.as_str(), sender = %p.header.sender, "rejected heartbeat");
+                    tracing::debug!(reason = reason.as_str(), sender = %h.sender, what = self.what, "rejected");
                 }
                 Err(reason)
             }
         }
     }
 
-    fn check(&self, p: &Packet, now_unix_ms: u64) -> Result<(), Reject> {
-        let h = &p.header;
+    fn check(&self, h: &Header, now_unix_ms: u64) -> Result<(), Reject> {
         if h.group_id != self.group_id {
             return Err(Reject::UnknownGroup);
         }
@@ -280,6 +300,7 @@ mod tests {
                 stopping_ms: 0,
                 wants_master: false,
                 healthy: true,
+                maintenance: false,
             },
         }
     }

@@ -1,5 +1,6 @@
 //! The heartbeat socket: one UDP socket, sending signed adverts to every address of every peer
-//! and handing back only the ones the [`Acceptor`] believes.
+//! and handing back only the ones the [`Acceptor`] believes. Echo requests arriving on it are
+//! answered here, by the [`Responder`], and never reach the caller.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
@@ -8,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 
+use super::echo::Responder;
 use super::filter::{Acceptor, RateLimiter, WARN_INTERVAL};
-use super::wire::{self, Header, WireError, MAX_PACKET, MAX_STR};
+use super::wire::{self, Header, KeyUsed, Keys, WireError, MAX_PACKET, MAX_STR};
 use crate::core::advert::Advert;
 
 /// DSCP CS6 (network control) in the TOS byte, so that QoS-aware paths do not queue heartbeats
@@ -96,11 +98,46 @@ pub fn random_incarnation() -> u64 {
 }
 
 /// Wall-clock Unix time in milliseconds (0 if the clock is before 1970).
-fn unix_ms_now() -> u64 {
+pub(super) fn unix_ms_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// Every (peer, address) pair, checked: names that fit the wire format, addresses this socket
+/// can reach.
+fn flatten_targets(
+    peers: &[(String, Vec<SocketAddr>)],
+    local: SocketAddr,
+) -> Result<Vec<(String, SocketAddr)>, PeerError> {
+    let mut targets = Vec::new();
+    for (peer, addrs) in peers {
+        if peer.len() > MAX_STR {
+            return Err(PeerError::NameTooLong(peer.clone()));
+        }
+        for &addr in addrs {
+            // A v4 socket cannot reach a v6 address and vice versa: every heartbeat would
+            // fail, so refuse at startup instead.
+            if addr.is_ipv4() != local.is_ipv4() {
+                return Err(PeerError::AddressFamily {
+                    peer: peer.clone(),
+                    addr,
+                    local,
+                });
+            }
+            targets.push((peer.clone(), addr));
+        }
+    }
+    Ok(targets)
+}
+
+impl PeerLink {
+    /// A reload re-read the key files: sign with the new current key from now on, accept the
+    /// previous one if configured (a key rotation without a failover).
+    pub fn set_keys(&mut self, keys: impl Into<Keys>) {
+        self.keys = keys.into();
+    }
 }
 
 /// The authenticated heartbeat link to the configured peers.
@@ -111,12 +148,16 @@ pub struct PeerLink {
     group_id: u32,
     me: String,
     incarnation: u64,
-    key: Vec<u8>,
+    keys: Keys,
     /// Last sequence number sent; the first packet carries 1.
     seq: u64,
     /// Every (peer, address) pair, flattened once so a send is a plain loop.
     targets: Vec<(String, SocketAddr)>,
     acceptor: Acceptor,
+    responder: Responder,
+    /// Heartbeats accepted that were signed with the previous key: while this grows, some peer
+    /// has not switched to the current key yet.
+    accepted_previous_key: u64,
     /// For I/O error warnings, on a monotonic clock (they have no wall-clock dependence).
     io_limiter: RateLimiter,
     started: Instant,
@@ -133,7 +174,7 @@ impl PeerLink {
         group_id: u32,
         me: String,
         peers: Vec<(String, Vec<SocketAddr>)>,
-        key: Vec<u8>,
+        key: impl Into<Keys>,
         max_skew: Duration,
         incarnation: u64,
     ) -> Result<PeerLink, PeerError> {
@@ -165,35 +206,19 @@ impl PeerLink {
         group_id: u32,
         me: String,
         peers: Vec<(String, Vec<SocketAddr>)>,
-        key: Vec<u8>,
+        key: impl Into<Keys>,
         max_skew: Duration,
         incarnation: u64,
     ) -> Result<PeerLink, PeerError> {
-        if key.is_empty() {
+        let keys = key.into();
+        if keys.current().is_empty() {
             return Err(PeerError::EmptyKey);
         }
         if me.len() > MAX_STR {
             return Err(PeerError::NameTooLong(me));
         }
         let local = socket.local_addr().map_err(PeerError::Socket)?;
-        let mut targets = Vec::new();
-        for (peer, addrs) in &peers {
-            if peer.len() > MAX_STR {
-                return Err(PeerError::NameTooLong(peer.clone()));
-            }
-            for &addr in addrs {
-                // A v4 socket cannot reach a v6 address and vice versa: every heartbeat would
-                // fail, so refuse at startup instead.
-                if addr.is_ipv4() != local.is_ipv4() {
-                    return Err(PeerError::AddressFamily {
-                        peer: peer.clone(),
-                        addr,
-                        local,
-                    });
-                }
-                targets.push((peer.clone(), addr));
-            }
-        }
+        let targets = flatten_targets(&peers, local)?;
 
         let sock = SockRef::from(&socket);
         // Best effort: some environments refuse it, and heartbeats still work without it.
@@ -212,23 +237,29 @@ impl PeerLink {
         }
         let socket = UdpSocket::from_std(socket).map_err(PeerError::Socket)?;
 
+        let responder = Responder::new(group_id, &me, incarnation, &peers, max_skew);
         let acceptor = Acceptor::new(
             group_id,
             me.clone(),
             peers.into_iter().map(|(name, _)| name),
             max_skew,
         );
-        tracing::info!(%local, group_id, node = %me, incarnation, peers = targets.len(), "heartbeat link up");
+        tracing::info!(
+            %local, group_id, node = %me, incarnation, peers = targets.len(),
+            previous_key = keys.has_previous(), "heartbeat link up"
+        );
         Ok(PeerLink {
             socket,
             local,
             group_id,
             me,
             incarnation,
-            key,
+            keys,
             seq: 0,
             targets,
             acceptor,
+            responder,
+            accepted_previous_key: 0,
             io_limiter: RateLimiter::new(WARN_INTERVAL),
             started: Instant::now(),
             sent: 0,
@@ -261,7 +292,7 @@ impl PeerLink {
             seq: self.seq,
             timestamp_ms: unix_ms_now(),
         };
-        let bytes = wire::encode_parts(&header, advert, &self.key)?;
+        let bytes = wire::encode_parts(&header, advert, self.keys.current())?;
         for (peer, addr) in &self.targets {
             match self.socket.send_to(&bytes, addr).await {
                 Ok(_) => self.sent += 1,
@@ -308,9 +339,13 @@ impl PeerLink {
                 }
             };
             let now = unix_ms_now();
+            if n <= MAX_PACKET && wire::is_echo(&self.buf[..n]) {
+                self.answer_echo(n, from, now);
+                continue;
+            }
             let datagram = &self.buf[..n];
-            let packet = match wire::decode(datagram, &self.key) {
-                Ok(p) => p,
+            let (packet, key_used) = match wire::decode_keys(datagram, &self.keys) {
+                Ok(got) => got,
                 Err(e) => {
                     // recv_from reports at most the buffer size: a full buffer means the
                     // datagram was larger still.
@@ -328,7 +363,10 @@ impl PeerLink {
             };
             return match self.acceptor.accept_from(&packet, Some(from), now) {
                 Ok(()) => {
-                    tracing::trace!(peer = %packet.header.sender, seq = packet.header.seq, %from, "heartbeat");
+                    if key_used == KeyUsed::Previous {
+                        self.accepted_previous_key += 1;
+                    }
+                    tracing::trace!(peer = %packet.header.sender, seq = packet.header.seq, %from, ?key_used, "heartbeat");
                     Received::Accepted {
                         peer: packet.header.sender,
                         advert: packet.advert,
@@ -343,13 +381,53 @@ impl PeerLink {
         }
     }
 
-    /// The acceptor's counters plus this link's own I/O counters, sorted by name.
+    /// Answers (or drops) the echo datagram in the first `n` bytes of the buffer. Sends with
+    /// `try_send_to`, so that `recv` stays cancel-safe: a reply that would block is dropped, as
+    /// the network could have dropped it.
+    fn answer_echo(&mut self, n: usize, from: SocketAddr, now_unix_ms: u64) {
+        let now_mono = self.mono_ms();
+        match self
+            .responder
+            .handle(&self.buf[..n], from, &self.keys, now_mono, now_unix_ms)
+        {
+            Ok(reply) => {
+                if let Err(e) = self.socket.try_send_to(&reply, from) {
+                    self.send_errors += 1;
+                    tracing::debug!(%from, error = %e, "cannot send an echo reply");
+                }
+            }
+            Err(why) => {
+                let reason = why.as_str();
+                if let Some(suppressed) = self.io_limiter.allow("echo-dropped", now_mono) {
+                    tracing::warn!(%from, reason, suppressed, "dropped an echo request");
+                } else {
+                    tracing::debug!(%from, reason, "dropped an echo request");
+                }
+            }
+        }
+    }
+
+    /// Echo requests answered since start (not a counter of [`PeerLink::counters`], whose
+    /// non-`accepted` rows are read as rejections).
+    pub fn echo_answered(&self) -> u64 {
+        self.responder.answered()
+    }
+
+    /// The acceptor's counters plus this link's own counters, sorted by name.
+    /// `accepted-previous-key` counts heartbeats that verified only under the previous key
+    /// (a rotation is complete once it stops growing on every node); `echo-dropped` counts echo
+    /// datagrams that got no answer. Echoes answered are not a rejection and are only logged.
     pub fn counters(&self) -> Vec<(String, u64)> {
         let mut all = self.acceptor.counters();
         all.extend([
             ("sent".to_owned(), self.sent),
             ("send-error".to_owned(), self.send_errors),
             ("recv-error".to_owned(), self.recv_errors),
+            (
+                "accepted-previous-key".to_owned(),
+                self.accepted_previous_key,
+            ),
+            ("echo-dropped".to_owned(), self.responder.dropped()),
         ]);
         all.sort();
         all
@@ -378,6 +456,7 @@ mod tests {
             stopping_ms: 0,
             wants_master: false,
             healthy: true,
+            maintenance: false,
         }
     }
 
@@ -499,6 +578,7 @@ mod tests {
         let from_b = Advert {
             wants_master: true,
             healthy: true,
+            maintenance: false,
             yield_msg: YieldMsg::Accept {
                 id: 3,
                 to: "a".into(),
@@ -669,6 +749,101 @@ mod tests {
         }
         a.send(&advert(Role::Master, 9)).await.unwrap();
         assert!(matches!(recv(&mut b).await, Received::Accepted { .. }));
+    }
+
+    /// "a" mid-rotation: signs with NEW, accepts OLD too; "b" has not rotated yet.
+    fn rotating_pair() -> (PeerLink, PeerLink) {
+        const NEW: &[u8] = b"the new key after the rotation..";
+        let (sa, sb) = (loopback(), loopback());
+        let (aa, ab) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
+        let a = PeerLink::from_std(
+            sa,
+            GROUP,
+            "a".into(),
+            vec![("b".into(), vec![ab])],
+            Keys::new(NEW.to_vec(), Some(KEY.to_vec())),
+            SKEW,
+            1,
+        )
+        .unwrap();
+        let b = PeerLink::from_std(
+            sb,
+            GROUP,
+            "b".into(),
+            vec![("a".into(), vec![aa])],
+            KEY.to_vec(),
+            SKEW,
+            2,
+        )
+        .unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn previous_key_heartbeats_are_accepted_and_counted() {
+        let (mut a, mut b) = rotating_pair();
+        assert_eq!(counter(&a, "accepted-previous-key"), 0);
+        for _ in 0..2 {
+            b.send(&advert(Role::Master, 9)).await.unwrap();
+            assert!(matches!(recv(&mut a).await, Received::Accepted { .. }));
+        }
+        assert_eq!(counter(&a, "accepted-previous-key"), 2);
+        // "a" signs with the new key only, which "b" does not have yet.
+        a.send(&advert(Role::Backup, 1)).await.unwrap();
+        assert!(matches!(
+            recv(&mut b).await,
+            Received::Rejected {
+                reason: "bad-mac",
+                ..
+            }
+        ));
+        assert_eq!(counter(&b, "accepted-previous-key"), 0);
+    }
+
+    #[tokio::test]
+    async fn echoes_are_answered_inside_recv_and_never_returned() {
+        let (mut a, mut b) = pair();
+        let asker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let request = wire::Echo {
+            kind: wire::EchoKind::Request,
+            status: wire::EchoStatus::Ok,
+            header: Header {
+                group_id: GROUP,
+                sender: "a".into(),
+                incarnation: 99,
+                seq: 1,
+                timestamp_ms: unix_ms_now(),
+            },
+            nonce: 4242,
+        };
+        let bytes = wire::encode_echo(&request, KEY).unwrap();
+        asker.send_to(&bytes, b.local_addr()).await.unwrap();
+        // The same request again: a replay, dropped.
+        asker.send_to(&bytes, b.local_addr()).await.unwrap();
+        // A stranger's address (127.0.0.2 is loopback but not a configured peer address).
+        let stranger = tokio::net::UdpSocket::bind("127.0.0.2:0").await;
+        if let Ok(s) = &stranger {
+            s.send_to(&bytes, b.local_addr()).await.unwrap();
+        }
+        a.send(&advert(Role::Master, 5)).await.unwrap();
+        // The first thing recv returns is the heartbeat; the echoes were handled on the way.
+        assert!(matches!(recv(&mut b).await, Received::Accepted { .. }));
+        let mut buf = [0u8; 512];
+        let (n, from) = tokio::time::timeout(GUARD, asker.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, b.local_addr());
+        assert_eq!(n, bytes.len());
+        let (reply, _) = wire::decode_echo(&buf[..n], &Keys::from(KEY.to_vec())).unwrap();
+        assert_eq!(reply.nonce, 4242);
+        assert_eq!(reply.header.sender, "b");
+        assert_eq!(b.echo_answered(), 1);
+        let dropped = if stranger.is_ok() { 2 } else { 1 };
+        assert_eq!(counter(&b, "echo-dropped"), dropped);
+        // Echoes do not touch the heartbeat counters.
+        assert_eq!(counter(&b, "replay"), 0);
+        assert_eq!(counter(&b, "accepted"), 1);
     }
 
     #[test]

@@ -12,6 +12,13 @@
 //!  EIP 203.0.113.10 -> 198.18.1.25 (the ENI's primary private IP), nftables DNAT in the router
 //! ```
 //!
+//! That is [`Layout::OwnSubnet`]. [`Layout::SharedSubnet`] is the common EC2 layout instead: the
+//! ENI (198.18.0.25, .26) is bridged on br-mgmt, in the instances' own subnet; the instances'
+//! subnet and default routes are at metric 100 (their addresses without the kernel's prefix
+//! route), as Ubuntu's netplan writes them; and since bridged traffic never meets the router's
+//! rp_filter, a bridge-family nftables rule per port enforces the source/destination check
+//! (an IPv4 or ARP source that does not belong to the NIC the frame comes from is dropped).
+//!
 //! Nothing touches the root namespace: every link lives in a namespace the lab creates
 //! ([`Netns`], tests/support/netns.rs), and every address is from 198.18.0.0/15 or
 //! 203.0.113.0/24. A new lab first removes a previous run's namespaces (and the processes in
@@ -42,7 +49,9 @@ use nix::sys::signal::Signal;
 use super::agent_config::AgentConfig;
 use super::cloud_front::{Change, CloudFront, FrontControl};
 use super::netns::{self, link_by_mac, sh, sh_quiet, Netns};
-use super::{imds, sdk_client, seed, Moto, Seeded, Side, ENI_IP, ENI_SECONDARY_IP};
+use super::{imds, sdk_client, seed_in, Moto, Seeded, Side, ENI_IP, ENI_SECONDARY_IP};
+
+mod faults;
 
 pub const NS_RT: &str = "enpl-rt";
 pub const NS_CLOUD: &str = "enpl-cloud";
@@ -55,6 +64,46 @@ const STATE_DIR: &str = "/run/enipeer-lab";
 const ENI_LINK: &str = "eni1";
 /// A lab run's logs are copied here at teardown, for the operator to read after a failure.
 pub const LOG_DIR: &str = "/tmp/enipeer-lab-logs";
+
+/// Where the ENI sits relative to the instances' primary interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The ENI in a subnet of its own, 198.18.1.0/24 on br-eni.
+    OwnSubnet,
+    /// The ENI in the instances' subnet, 198.18.0.0/24 on br-mgmt (one subnet per AZ).
+    SharedSubnet,
+}
+
+impl Layout {
+    pub fn eni_ip(self) -> Ipv4Addr {
+        match self {
+            Layout::OwnSubnet => ENI_IP,
+            Layout::SharedSubnet => Ipv4Addr::new(198, 18, 0, 25),
+        }
+    }
+
+    pub fn eni_secondary_ip(self) -> Ipv4Addr {
+        match self {
+            Layout::OwnSubnet => ENI_SECONDARY_IP,
+            Layout::SharedSubnet => Ipv4Addr::new(198, 18, 0, 26),
+        }
+    }
+
+    fn subnet_cidr(self) -> &'static str {
+        match self {
+            Layout::OwnSubnet => "198.18.1.0/24",
+            Layout::SharedSubnet => "198.18.0.0/24",
+        }
+    }
+
+    /// The router's bridge the ENI's NIC is a port of.
+    fn eni_bridge(self) -> &'static str {
+        match self {
+            Layout::OwnSubnet => "br-eni",
+            Layout::SharedSubnet => "br-mgmt",
+        }
+    }
+}
 
 /// Where each side lives in the lab.
 impl Side {
@@ -175,7 +224,7 @@ struct CloudThread {
 impl CloudThread {
     /// Starts moto, the front and the IMDS responders inside the cloud namespace and seeds the
     /// cloud once (which also warms moto: its first EC2 call is slow).
-    fn start(ids: [Arc<Mutex<String>>; 2]) -> (CloudThread, FrontControl, Seeded) {
+    fn start(ids: [Arc<Mutex<String>>; 2], layout: Layout) -> (CloudThread, FrontControl, Seeded) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = netns::spawn_in(NS_CLOUD, move || {
@@ -200,12 +249,20 @@ impl CloudThread {
                     ));
                 }
                 let ec2 = sdk_client(&moto.endpoint_url()).await;
-                let _ = ready_tx.send((front.control(), seed(&ec2).await));
+                let seed = || {
+                    seed_in(
+                        &ec2,
+                        layout.subnet_cidr(),
+                        layout.eni_ip(),
+                        layout.eni_secondary_ip(),
+                    )
+                };
+                let _ = ready_tx.send((front.control(), seed().await));
                 while let Some(cmd) = rx.recv().await {
                     match cmd {
                         Cmd::Reseed(reply) => {
                             moto.reset();
-                            let _ = reply.send(seed(&ec2).await);
+                            let _ = reply.send(seed().await);
                         }
                         Cmd::Holder(eni, reply) => {
                             let _ = reply.send(holder_of(&ec2, eni).await);
@@ -405,6 +462,7 @@ pub fn agent_config(side: Side, eni: &str, o: &AgentOptions, dir: &Path) -> Stri
 
 pub struct Lab {
     pub profile: Profile,
+    pub layout: Layout,
     pub bin: PathBuf,
     nodes: [Node; 2],
     pub front: FrontControl,
@@ -438,18 +496,22 @@ impl Lab {
     }
 
     pub fn up(profile: Profile, bin: PathBuf) -> Lab {
+        Self::up_with(profile, bin, Layout::OwnSubnet)
+    }
+
+    pub fn up_with(profile: Profile, bin: PathBuf, layout: Layout) -> Lab {
         if let Err(e) = Self::preflight() {
             panic!("{e}");
         }
         let dir = PathBuf::from(STATE_DIR);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("lab state dir");
-        let spaces = build_topology(&dir);
+        let spaces = build_topology(&dir, layout);
         let ids = [
             Arc::new(Mutex::new(String::new())),
             Arc::new(Mutex::new(String::new())),
         ];
-        let (cloud, front, seeded) = CloudThread::start(ids.clone());
+        let (cloud, front, seeded) = CloudThread::start(ids.clone(), layout);
         let (attach, detach, hot) = profile.delays();
         front.set_delays(attach, detach);
         let hotplug = Arc::new(HotPlug {
@@ -471,6 +533,7 @@ impl Lab {
         sh(&["chmod", "600", key.to_str().expect("utf-8")]);
         let mut lab = Lab {
             profile,
+            layout,
             bin,
             nodes: Side::BOTH.map(|s| Node::new(s, &dir)),
             front,
@@ -517,7 +580,7 @@ impl Lab {
         ip(NS_POOL, &["link", "set", &dev, "name", ENI_LINK]);
         ip(NS_POOL, &["link", "set", ENI_LINK, "alias", s.eni.as_str()]);
         // The VPC fabric knows where an ENI's addresses live: no ARP after a move.
-        for a in [ENI_IP, ENI_SECONDARY_IP] {
+        for a in [self.layout.eni_ip(), self.layout.eni_secondary_ip()] {
             ip(
                 NS_RT,
                 &[
@@ -527,7 +590,7 @@ impl Lab {
                     "lladdr",
                     &s.mac,
                     "dev",
-                    "br-eni",
+                    self.layout.eni_bridge(),
                     "nud",
                     "permanent",
                 ],
@@ -567,10 +630,11 @@ impl Lab {
             self.thaw(side);
         }
         self.heal_partition();
+        self.restore_primary_links();
         self.front.clear_faults();
         self.front.clear_calls();
         for side in Side::BOTH {
-            flush_eni_rules(side.ns());
+            flush_eni_rules(side.ns(), self.layout);
         }
         let seeded = self.cloud.as_ref().expect("cloud").call(Cmd::Reseed);
         self.apply_seed(seeded);
@@ -768,7 +832,10 @@ impl Lab {
     pub fn eni_rules(&self, side: Side) -> Vec<String> {
         ip(side.ns(), &["rule", "show"])
             .lines()
-            .filter(|l| l.contains("198.18.1.25") || l.contains("198.18.1.26"))
+            .filter(|l| {
+                let has = |a: Ipv4Addr| l.contains(&format!("from {a} "));
+                has(self.layout.eni_ip()) || has(self.layout.eni_secondary_ip())
+            })
             .map(str::to_owned)
             .collect()
     }
@@ -783,7 +850,7 @@ impl Lab {
             "rule",
             "del",
             "from",
-            &ENI_IP.to_string(),
+            &self.layout.eni_ip().to_string(),
         ])
     }
 
@@ -850,14 +917,19 @@ impl Lab {
     }
 }
 
-fn flush_eni_rules(ns: &str) {
+fn flush_eni_rules(ns: &str, layout: Layout) {
+    let ours = |l: &str| {
+        [layout.eni_ip(), layout.eni_secondary_ip()]
+            .iter()
+            .any(|a| l.contains(&format!("from {a} ")))
+    };
     for _ in 0..8 {
         let rules = Command::new("ip")
             .args(["-n", ns, "rule", "show"])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let Some(line) = rules.lines().find(|l| l.contains("from 198.18.1.")) else {
+        let Some(line) = rules.lines().find(|l| ours(l)) else {
             return;
         };
         let pref = line.split(':').next().unwrap_or("").trim().to_owned();
@@ -904,7 +976,7 @@ fn create_namespaces() -> Vec<Netns> {
 }
 
 /// Creates the namespaces and wires them as the module's picture shows; returns the guards.
-fn build_topology(dir: &Path) -> Vec<Netns> {
+fn build_topology(dir: &Path, layout: Layout) -> Vec<Netns> {
     let spaces = create_namespaces();
     let r = |args: &[&str]| ip(NS_RT, args);
     for (br, addr) in [("br-mgmt", "198.18.0.1/24"), ("br-eni", "198.18.1.1/24")] {
@@ -928,20 +1000,110 @@ fn build_topology(dir: &Path) -> Vec<Netns> {
             "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
         ]);
         r(&["link", "set", port, "master", "br-mgmt", "up"]);
-        ip(ns, &["addr", "add", &addr, "dev", "eth0"]);
-        ip(ns, &["link", "set", "eth0", "up"]);
-        ip(ns, &["route", "add", "default", "via", "198.18.0.1"]);
+        primary_interface(ns, &addr, layout);
     }
     r(&[
         "link", "add", "e-eni1", "type", "veth", "peer", "name", ENI_LINK, "netns", NS_POOL,
     ]);
-    r(&["link", "set", "e-eni1", "master", "br-eni", "up"]);
-    router_rules(dir);
+    r(&["link", "set", "e-eni1", "master", layout.eni_bridge(), "up"]);
+    router_rules(dir, layout);
+    if layout == Layout::SharedSubnet {
+        source_check_per_port(dir, layout);
+    }
     spaces
 }
 
+/// An instance's (or the cloud's) eth0 on br-mgmt. In the shared layout as Ubuntu's netplan
+/// (systemd-networkd) configures it: the address without the kernel's prefix route, and the
+/// subnet and default routes at metric 100, so an ENI address with its prefix route (metric 0)
+/// would win over them.
+fn primary_interface(ns: &str, addr: &str, layout: Layout) {
+    match layout {
+        Layout::OwnSubnet => {
+            ip(ns, &["addr", "add", addr, "dev", "eth0"]);
+            ip(ns, &["link", "set", "eth0", "up"]);
+            ip(ns, &["route", "add", "default", "via", "198.18.0.1"]);
+        }
+        Layout::SharedSubnet => {
+            let src = addr.split('/').next().unwrap_or(addr);
+            ip(ns, &["addr", "add", addr, "dev", "eth0", "noprefixroute"]);
+            ip(ns, &["link", "set", "eth0", "up"]);
+            ip(
+                ns,
+                &[
+                    "route",
+                    "add",
+                    "198.18.0.0/24",
+                    "dev",
+                    "eth0",
+                    "proto",
+                    "kernel",
+                    "scope",
+                    "link",
+                    "src",
+                    src,
+                    "metric",
+                    "100",
+                ],
+            );
+            ip(
+                ns,
+                &[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "198.18.0.1",
+                    "dev",
+                    "eth0",
+                    "proto",
+                    "dhcp",
+                    "src",
+                    src,
+                    "metric",
+                    "100",
+                ],
+            );
+        }
+    }
+}
+
+/// AWS's source/destination check on br-mgmt, where bridged frames never meet the router's
+/// rp_filter: per port, an IPv4 packet or ARP message whose source address does not belong to
+/// the NIC it comes from is dropped. The ENI's port owns only the ENI's addresses.
+fn source_check_per_port(dir: &Path, layout: Layout) {
+    let eni = format!("{{ {}, {} }}", layout.eni_ip(), layout.eni_secondary_ip());
+    let ports = [
+        ("m-cloud", CLOUD_IP.to_string()),
+        (Side::A.mgmt_port(), Side::A.node_ip().to_string()),
+        (Side::B.mgmt_port(), Side::B.node_ip().to_string()),
+        ("e-eni1", eni),
+    ];
+    let mut nft = String::from(
+        "table bridge enpl_srccheck {\n  chain pre {\n    type filter hook prerouting priority 0; policy accept;\n",
+    );
+    for (port, owned) in ports {
+        nft.push_str(&format!(
+            "    iifname \"{port}\" ip saddr != {owned} counter drop\n    iifname \"{port}\" arp saddr ip != {owned} counter drop\n"
+        ));
+    }
+    nft.push_str("  }\n}\n");
+    let f = dir.join("srccheck.nft");
+    std::fs::write(&f, nft).expect("nft file");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        NS_RT,
+        "nft",
+        "-f",
+        f.to_str().expect("utf-8"),
+    ]);
+}
+
 /// Forwarding, AWS's source/destination check, and the EIP's NAT in the router.
-fn router_rules(dir: &Path) {
+fn router_rules(dir: &Path, layout: Layout) {
+    let eni_ip = layout.eni_ip();
     // The source/destination check as strict reverse-path filtering: a reply from the ENI's
     // address that arrives over the management bridge is dropped.
     sh(&[
@@ -958,7 +1120,7 @@ fn router_rules(dir: &Path) {
         "net.ipv4.conf.br-eni.rp_filter=1",
     ]);
     let nft = format!(
-        "table ip enpl_eip {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {EIP} dnat to {ENI_IP}\n  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {ENI_IP} oifname \"rt-cli\" snat to {EIP}\n  }}\n}}\n"
+        "table ip enpl_eip {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {EIP} dnat to {eni_ip}\n  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {eni_ip} oifname \"rt-cli\" snat to {EIP}\n  }}\n}}\n"
     );
     let f = dir.join("eip.nft");
     std::fs::write(&f, nft).expect("nft file");

@@ -260,6 +260,16 @@ impl Seeded {
 /// 198.18.1.25 (and secondary 198.18.1.26), tagged `enipeer-group`. The first call also warms
 /// moto up (its first EC2 request is slow).
 pub async fn seed(ec2: &aws_sdk_ec2::Client) -> Seeded {
+    seed_in(ec2, "198.18.1.0/24", ENI_IP, ENI_SECONDARY_IP).await
+}
+
+/// [`seed`] with the ENI's subnet and addresses chosen (the lab's layouts).
+pub async fn seed_in(
+    ec2: &aws_sdk_ec2::Client,
+    subnet_cidr: &str,
+    eni_ip: Ipv4Addr,
+    eni_secondary_ip: Ipv4Addr,
+) -> Seeded {
     let vpc = ec2
         .create_vpc()
         .cidr_block("198.18.0.0/16")
@@ -272,7 +282,7 @@ pub async fn seed(ec2: &aws_sdk_ec2::Client) -> Seeded {
     let subnet = ec2
         .create_subnet()
         .vpc_id(&vpc)
-        .cidr_block("198.18.1.0/24")
+        .cidr_block(subnet_cidr)
         .availability_zone(AZ)
         .send()
         .await
@@ -300,13 +310,13 @@ pub async fn seed(ec2: &aws_sdk_ec2::Client) -> Seeded {
         .subnet_id(&subnet)
         .private_ip_addresses(
             PrivateIpAddressSpecification::builder()
-                .private_ip_address(ENI_IP.to_string())
+                .private_ip_address(eni_ip.to_string())
                 .primary(true)
                 .build(),
         )
         .private_ip_addresses(
             PrivateIpAddressSpecification::builder()
-                .private_ip_address(ENI_SECONDARY_IP.to_string())
+                .private_ip_address(eni_secondary_ip.to_string())
                 .primary(false)
                 .build(),
         )
@@ -404,6 +414,7 @@ pub fn settings(
             name: "node-a".into(),
             priority: 100,
             instance_id: Some(me.clone()),
+            state_dir: std::env::temp_dir(),
         },
         peers: vec![PeerSettings {
             name: "node-b".into(),
@@ -428,6 +439,7 @@ pub fn settings(
         },
         auth: AuthSettings {
             key_file: PathBuf::from("/nonexistent/key"),
+            previous_key_file: None,
         },
         aws: aws_settings(endpoint, Duration::from_secs(5)),
         network: NetworkSettings {
@@ -446,6 +458,7 @@ pub fn settings(
             on_backup: vec![],
             on_fault: vec![],
             on_stop: vec![],
+            on_event: Vec::new(),
         },
         control: ControlSettings {
             socket: PathBuf::from("/nonexistent/sock"),

@@ -1,9 +1,15 @@
-//! The plan's addresses on the ENI's link.
+//! The plan's addresses on the ENI's link, added with `IFA_F_NOPREFIXROUTE`: the kernel then
+//! puts no `<subnet> dev <eni> proto kernel` route into the main table. That route (metric 0)
+//! would win over the primary interface's own subnet route when the ENI shares its subnet (the
+//! common EC2 layout; netplan writes metric 100, networkd 512+), and traffic from the primary
+//! address to the subnet would leave through the ENI with the wrong source, to be dropped by the
+//! source/destination check. The subnet route lives in the ENI's own table instead
+//! ([`super::route`]).
 
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::Handle;
 
@@ -11,11 +17,13 @@ use super::link::LinkState;
 use super::{added, nl_error, Teardown};
 use crate::net::{AddrSpec, NetError, NetObject};
 
-/// Adds the addresses that are missing on `link`; returns what it added.
+/// Adds the addresses that are missing on `link`; returns what it added. `legacy` (test seam
+/// only) adds them with the kernel's prefix route, as old releases did.
 pub(super) async fn ensure_addresses(
     handle: &Handle,
     link: &LinkState,
     specs: &[AddrSpec],
+    legacy: bool,
 ) -> Result<Vec<String>, NetError> {
     let present = link_addresses(handle, link.index).await?;
     let mut changed = Vec::new();
@@ -23,9 +31,14 @@ pub(super) async fn ensure_addresses(
         if present.iter().any(|(p, _)| p == a) {
             continue;
         }
-        let req = handle
+        let mut req = handle
             .address()
             .add(link.index, IpAddr::V4(a.addr), a.prefix);
+        if !legacy {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+        }
         if added(req.execute().await).map_err(|e| nl_error(&format!("add address {a}"), e))? {
             changed.push(format!("address {a} on {}", link.name));
         }
@@ -46,7 +59,10 @@ pub(super) async fn remove_addresses(
     };
     for a in specs {
         for (_, msg) in present.iter().filter(|(p, _)| p == a) {
-            let res = handle.address().del(msg.clone()).execute().await;
+            let res = match td.injected(NetObject::Address) {
+                Some(e) => Err(e),
+                None => handle.address().del(msg.clone()).execute().await,
+            };
             td.deleted(
                 NetObject::Address,
                 format!("address {a} on {}", link.name),

@@ -1,6 +1,12 @@
 //! The ENI's link: finding it by MAC (now, or when it is hot-plugged) and its settings (name,
 //! MTU, up state, rp_filter). The order in which settings change is [`link_steps`], a pure
 //! function used both to apply the plan and to put back what was there before.
+//!
+//! The link is addressed by its index throughout. Its name is only what the kernel said last: a
+//! hot-plugged device can be renamed right after the event that announced it (udev's
+//! predictable names; `ip link set … netns … name` is two steps). The one place a name is
+//! needed, the rp_filter path in procfs, asks the kernel for the current name by index right
+//! before each read or write, and follows a rename that happens in between at once.
 
 use std::time::Duration;
 
@@ -155,9 +161,10 @@ pub(super) async fn restore_link(
     td: &mut Teardown,
 ) {
     // An unreadable rp_filter is written anyway.
-    let rp_filter = memo
-        .old_rp_filter
-        .and_then(|_| read_rp_filter(&link.name).ok());
+    let rp_filter = match memo.old_rp_filter {
+        Some(_) => read_rp_filter(handle, &mut link).await.ok(),
+        None => None,
+    };
     let want = memo.restore(&link);
     for step in link_steps(&link, rp_filter, &want) {
         match run_step(handle, &mut link, step, Wording::Restore).await {
@@ -197,7 +204,7 @@ async fn run_step(
             (b.build(), format!("set {}", link.name))
         }
         LinkStep::RpFilter(v) => {
-            write_rp_filter(&link.name, *v)?;
+            write_rp_filter(handle, link, *v).await?;
             let on = match wording {
                 Wording::Apply => "on",
                 Wording::Restore => "restored on",
@@ -361,29 +368,74 @@ fn rp_filter_path(ifname: &str) -> String {
     format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter")
 }
 
-// Plain blocking file I/O on purpose: /proc/sys/net resolves in the network namespace of the
-// calling thread, and tokio::fs would run it on a pool thread that may be in another one. These
-// are single small reads and writes of procfs, which do not block.
-pub(super) fn read_rp_filter(ifname: &str) -> Result<u8, NetError> {
-    let path = rp_filter_path(ifname);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| NetError::new(NetErrorKind::Sysctl, format!("read {path}: {e}")))?;
+/// The link's name as the kernel has it now, asked by index.
+async fn name_now(handle: &Handle, index: u32) -> Result<String, NetError> {
+    let gone = || {
+        NetError::new(
+            NetErrorKind::LinkGone,
+            format!("no link with index {index}"),
+        )
+    };
+    let mut links = handle.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(link_state(&msg).name),
+        Ok(None) => Err(gone()),
+        Err(e) if is_gone(&e) => Err(gone()),
+        Err(e) => Err(nl_error(&format!("look up link {index}"), e)),
+    }
+}
+
+/// How many times a sysctl follows a rename that happened between the name lookup and the file
+/// access; more than one rename in that window is not a race any more.
+const RENAME_RETRIES: usize = 3;
+
+/// Runs `op` on the link's rp_filter file, by the name the link has right now (updating
+/// `link.name`); a `NotFound` means it was renamed in between, and is followed at once.
+async fn on_rp_filter<T>(
+    handle: &Handle,
+    link: &mut LinkState,
+    what: &str,
+    op: impl Fn(&str) -> std::io::Result<T>,
+) -> Result<T, NetError> {
+    let mut attempt = 0;
+    loop {
+        link.name = name_now(handle, link.index).await?;
+        let path = rp_filter_path(&link.name);
+        // Plain blocking file I/O on purpose: /proc/sys/net resolves in the network namespace
+        // of the calling thread, and tokio::fs would run it on a pool thread that may be in
+        // another one. These are single small reads and writes of procfs, which do not block.
+        match op(&path) {
+            Ok(v) => return Ok(v),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt + 1 < RENAME_RETRIES => {
+                attempt += 1;
+                tracing::debug!(ifindex = link.index, %path, "link renamed under us; looking again");
+            }
+            Err(e) => {
+                return Err(NetError::new(
+                    NetErrorKind::Sysctl,
+                    format!("{what} {path}: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+pub(super) async fn read_rp_filter(handle: &Handle, link: &mut LinkState) -> Result<u8, NetError> {
+    let text = on_rp_filter(handle, link, "read", |p| std::fs::read_to_string(p)).await?;
     text.trim().parse().map_err(|_| {
         NetError::new(
             NetErrorKind::Sysctl,
-            format!("{path} holds `{}`", text.trim()),
+            format!("{} holds `{}`", rp_filter_path(&link.name), text.trim()),
         )
     })
 }
 
-fn write_rp_filter(ifname: &str, value: u8) -> Result<(), NetError> {
-    let path = rp_filter_path(ifname);
-    std::fs::write(&path, format!("{value}\n")).map_err(|e| {
-        NetError::new(
-            NetErrorKind::Sysctl,
-            format!("write {value} to {path}: {e}"),
-        )
+async fn write_rp_filter(handle: &Handle, link: &mut LinkState, value: u8) -> Result<(), NetError> {
+    let what = format!("write {value} to");
+    on_rp_filter(handle, link, &what, |path| {
+        std::fs::write(path, format!("{value}\n"))
     })
+    .await
 }
 
 #[cfg(test)]

@@ -23,7 +23,10 @@ mod addr;
 mod link;
 mod route;
 mod rule;
+mod seam;
 mod watch;
+
+pub use seam::{LinkFoundHook, TestSeam};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -56,6 +59,7 @@ pub struct NetlinkNet {
     /// a daemon restart, which only means rp_filter, name and up state stay as enipeer set them
     /// on an interface that is about to be detached anyway.
     memos: Mutex<HashMap<String, Memo>>,
+    seam: TestSeam,
 }
 
 #[derive(Debug)]
@@ -71,7 +75,13 @@ impl NetlinkNet {
             link_timeout,
             prepared: Mutex::new(None),
             memos: Mutex::new(HashMap::new()),
+            seam: TestSeam::default(),
         }
+    }
+
+    /// Faults and old behaviours for tests ([`TestSeam`]); the daemon never touches it.
+    pub fn seam(&self) -> &TestSeam {
+        &self.seam
     }
 
     fn take_prepared(&self, mac: &str) -> Option<Conn> {
@@ -136,6 +146,7 @@ impl NetlinkNet {
             at: found,
         });
         tracing::debug!(mac = %plan.mac, ifindex = link.index, ifname = %link.name, "link found");
+        self.seam.link_found(link.index, &link.name);
         let conn = Conn::open(&[])?;
         let changed = self.ensure(&conn.handle, plan, link).await?;
         steps.push(Step::now("net: plan applied"));
@@ -177,7 +188,13 @@ impl NetlinkNet {
         mut link: LinkState,
     ) -> Result<Vec<String>, NetError> {
         let mut changed = self.ensure_link(handle, plan, &mut link).await?;
-        changed.extend(addr::ensure_addresses(handle, &link, &plan.addresses).await?);
+        let legacy = self.seam.legacy();
+        changed.extend(addr::ensure_addresses(handle, &link, &plan.addresses, legacy).await?);
+        if !legacy {
+            // An address added without IFA_F_NOPREFIXROUTE (by an older release) brought its
+            // prefix route into main; the kernel keeps it when the flag changes, so it goes here.
+            changed.extend(route::remove_prefix_routes(handle, &link, &plan.addresses).await?);
+        }
         // Routes after addresses: the kernel only accepts a `src` that is a local address.
         changed.extend(route::ensure_routes(handle, link.index, plan.table, &plan.routes).await?);
         changed.extend(rule::ensure_rules(handle, &plan.rules).await?);
@@ -192,7 +209,7 @@ impl NetlinkNet {
         link: &mut LinkState,
     ) -> Result<Vec<String>, NetError> {
         let rp_filter = match plan.rp_filter {
-            Some(_) => Some(link::read_rp_filter(&link.name)?),
+            Some(_) => Some(link::read_rp_filter(handle, link).await?),
             None => None,
         };
         self.remember(&plan.mac, |m| m.record(link, rp_filter, plan));
@@ -206,7 +223,10 @@ impl NetlinkNet {
         let memo = self.forget(&plan.mac).unwrap_or_default();
         let conn = Conn::open(&[])?;
         let handle = &conn.handle;
-        let mut td = Teardown::default();
+        let mut td = Teardown {
+            fault: self.seam.take_delete_fault(),
+            ..Teardown::default()
+        };
 
         let link = match parse_mac(&plan.mac) {
             Ok(mac) => link::find_link(handle, mac).await,
@@ -241,6 +261,8 @@ impl NetlinkNet {
 struct Teardown {
     removed: Vec<String>,
     failed: Vec<ObjectError>,
+    /// From the test seam: the first delete of this kind fails without being sent.
+    fault: Option<NetObject>,
 }
 
 impl Teardown {
@@ -254,6 +276,15 @@ impl Teardown {
                 None
             }
         }
+    }
+
+    /// The error the test seam injects in place of this delete of an `object`, once.
+    fn injected(&mut self, object: NetObject) -> Option<rtnetlink::Error> {
+        if self.fault == Some(object) {
+            self.fault = None;
+            return Some(nack(Errno::EBUSY));
+        }
+        None
     }
 
     /// Records one delete request: `label` (what it names) removed, already gone, or failed.
@@ -387,16 +418,19 @@ fn added(res: Result<(), rtnetlink::Error>) -> Result<bool, rtnetlink::Error> {
     }
 }
 
+/// A kernel NACK as rtnetlink reports it (the kernel sends the errno negated).
+fn nack(errno: Errno) -> rtnetlink::Error {
+    let mut m = rtnetlink::packet_core::ErrorMessage::default();
+    m.code = std::num::NonZeroI32::new(-(errno as i32));
+    rtnetlink::Error::NetlinkError(m)
+}
+
 fn nl_error(what: &str, e: rtnetlink::Error) -> NetError {
     NetError::new(NetErrorKind::Netlink, format!("{what}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroI32;
-
-    use rtnetlink::packet_core::ErrorMessage;
-
     use super::*;
 
     #[test]
@@ -418,13 +452,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    /// A kernel NACK as rtnetlink reports it (the kernel sends the errno negated).
-    pub(super) fn nack(errno: Errno) -> rtnetlink::Error {
-        let mut m = ErrorMessage::default();
-        m.code = NonZeroI32::new(-(errno as i32));
-        rtnetlink::Error::NetlinkError(m)
     }
 
     #[test]
@@ -450,7 +477,14 @@ mod tests {
 
     #[test]
     fn teardown_goes_on_past_failures_and_treats_gone_as_done() {
-        let mut td = Teardown::default();
+        let mut td = Teardown {
+            fault: Some(NetObject::Address),
+            ..Teardown::default()
+        };
+        // The seam's fault fires once, for its kind only.
+        assert!(td.injected(NetObject::Rule).is_none());
+        assert!(td.injected(NetObject::Address).is_some());
+        assert!(td.injected(NetObject::Address).is_none());
         td.deleted(NetObject::Rule, "rule a".into(), Ok(()));
         td.deleted(NetObject::Rule, "rule b".into(), Err(nack(Errno::ENOENT)));
         td.deleted(NetObject::Route, "route c".into(), Err(nack(Errno::EPERM)));

@@ -1,15 +1,67 @@
-//! The plan's routes, all in the ENI's own table and on its link.
+//! The plan's routes, all in the ENI's own table and on its link, and the one route enipeer
+//! takes out of the main table: the kernel's prefix route for an ENI address added without
+//! `IFA_F_NOPREFIXROUTE` (see [`super::addr`]).
 
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use super::{nl_error, Teardown};
-use crate::net::{NetError, NetObject, RouteSpec};
+use super::link::LinkState;
+use super::{is_gone, nl_error, Teardown};
+use crate::net::{AddrSpec, NetError, NetObject, RouteSpec};
+
+/// The kernel's main table (`RT_TABLE_MAIN`).
+const MAIN_TABLE: u32 = 254;
+
+/// Deletes from the main table the kernel's prefix route of each plan address on `link`
+/// (`<subnet> dev <link> proto kernel scope link src <addr>`), which an address added without
+/// `IFA_F_NOPREFIXROUTE` brings; returns what it deleted. Nothing else in main is touched.
+pub(super) async fn remove_prefix_routes(
+    handle: &Handle,
+    link: &LinkState,
+    addrs: &[AddrSpec],
+) -> Result<Vec<String>, NetError> {
+    let routes = table_routes(handle, MAIN_TABLE).await?;
+    let mut changed = Vec::new();
+    for a in addrs.iter().filter(|a| a.prefix < 32) {
+        let net = crate::net::plan::network_of(crate::cloud::Ipv4Net {
+            addr: a.addr,
+            prefix: a.prefix,
+        });
+        let spec = RouteSpec {
+            dst: crate::cloud::Ipv4Net {
+                addr: net,
+                prefix: a.prefix,
+            },
+            via: None,
+            src: a.addr,
+            table: MAIN_TABLE,
+        };
+        let kernel = routes.iter().filter(|r| {
+            r.header.protocol == RouteProtocol::Kernel && route_matches(r, &spec, Some(link.index))
+        });
+        for r in kernel {
+            match handle.route().del(r.clone()).execute().await {
+                Ok(()) => changed.push(format!(
+                    "prefix route {net}/{} dev {} removed from main",
+                    a.prefix, link.name
+                )),
+                Err(e) if is_gone(&e) => {}
+                Err(e) => {
+                    return Err(nl_error(
+                        &format!("delete prefix route {net}/{} from main", a.prefix),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+    Ok(changed)
+}
 
 /// Adds the routes of `table` that are missing on link `oif`; returns what it added. The
 /// subnet route comes before the default in the plan, so the gateway resolves inside the table.
@@ -51,7 +103,10 @@ pub(super) async fn remove_routes(
     };
     for spec in specs {
         for r in routes.iter().filter(|r| route_matches(r, spec, oif)) {
-            let res = handle.route().del(r.clone()).execute().await;
+            let res = match td.injected(NetObject::Route) {
+                Some(e) => Err(e),
+                None => handle.route().del(r.clone()).execute().await,
+            };
             td.deleted(NetObject::Route, format!("route {spec}"), res);
         }
     }

@@ -44,7 +44,10 @@ pub(super) async fn remove_rules(handle: &Handle, specs: &[RuleSpec], td: &mut T
     };
     for spec in specs {
         for r in rules.iter().filter(|r| rule_matches(r, spec)) {
-            let res = handle.rule().del(r.clone()).execute().await;
+            let res = match td.injected(NetObject::Rule) {
+                Some(e) => Err(e),
+                None => handle.rule().del(r.clone()).execute().await,
+            };
             td.deleted(NetObject::Rule, format!("rule {spec}"), res);
         }
     }
