@@ -86,6 +86,11 @@ impl Kind {
 pub enum Mark {
     Decided,
     ClaimStarted,
+    /// The hot-plugged link with the ENI's MAC appeared after the attach was requested: the claim
+    /// is acted on from here, before (or after) the API's `attached` step.
+    LinkSeen,
+    /// The API confirmed, in the background, a claim acted on at [`Mark::LinkSeen`].
+    Confirmed,
     ReleaseStarted,
     Released,
     NetApplied,
@@ -100,6 +105,8 @@ impl Mark {
         match self {
             Mark::Decided => "decided",
             Mark::ClaimStarted => "claim started",
+            Mark::LinkSeen => "link seen",
+            Mark::Confirmed => "claim confirmed",
             Mark::ReleaseStarted => "release started",
             Mark::Released => "released",
             Mark::NetApplied => "host network applied",
@@ -119,6 +126,9 @@ pub enum Outcome {
         holder: String,
     },
     ClaimFailed(String),
+    /// Serving, on a claim acted on at the hot-plug that the API could not be asked to confirm
+    /// (the master's verify asks again).
+    Unconfirmed(String),
     Released,
     ReleaseFailed(String),
 }
@@ -129,6 +139,7 @@ impl fmt::Display for Outcome {
             Outcome::Master => f.write_str("master"),
             Outcome::Lost { holder } => write!(f, "lost: {holder} holds the ENI"),
             Outcome::ClaimFailed(m) => write!(f, "claim failed: {m}"),
+            Outcome::Unconfirmed(m) => write!(f, "master, not confirmed by the API: {m}"),
             Outcome::Released => f.write_str("released"),
             Outcome::ReleaseFailed(m) => write!(f, "release failed: {m}"),
         }
@@ -218,10 +229,17 @@ impl Timeline {
 /// The daemon's timeline bookkeeping: at most one timeline running, and the last finished one,
 /// kept for `enipeer role`. A finished timeline is logged and moved out at once, so the running
 /// one is never finished.
+///
+/// A claim acted on at the hot-plug ends only once the API has confirmed it (or not), so the
+/// timeline shows both the link and the API's `attached`, in the order they came.
 #[derive(Debug, Default)]
 pub struct Recorder {
     current: Option<Timeline>,
     last: Option<TimelineReport>,
+    /// The running claim was acted on before the API confirmed it.
+    confirming: bool,
+    /// The outcome reached while the confirmation was outstanding.
+    held: Option<Outcome>,
 }
 
 impl Recorder {
@@ -230,6 +248,32 @@ impl Recorder {
         let mut t = Timeline::start(kind, reason);
         t.mark(Mark::ClaimStarted);
         self.current = Some(t);
+        self.confirming = false;
+        self.held = None;
+    }
+
+    /// The running claim is acted on before the API confirmed it: it ends at
+    /// [`Recorder::confirmed`], whenever the rest is done.
+    pub fn expect_confirmation(&mut self) {
+        self.confirming = self.current.is_some();
+    }
+
+    /// The API's answer to a claim acted on early, with the claim's last steps: `failed` is how
+    /// the timeline ends when the API disagreed. Ignored when that claim's timeline is gone.
+    pub fn confirmed(&mut self, steps: impl IntoIterator<Item = Step>, failed: Option<Outcome>) {
+        if !std::mem::take(&mut self.confirming) {
+            return;
+        }
+        self.extend(steps);
+        match failed {
+            Some(outcome) => self.finish(outcome),
+            None => {
+                self.mark(Mark::Confirmed);
+                if let Some(outcome) = self.held.take() {
+                    self.finish(outcome);
+                }
+            }
+        }
     }
 
     /// Applying the host config without a claim of ours before it (the ENI was already here):
@@ -265,6 +309,12 @@ impl Recorder {
 
     /// Ends the running timeline, if any: logs it and keeps its report as the last one.
     pub fn finish(&mut self, outcome: Outcome) {
+        if self.confirming && outcome == Outcome::Master {
+            self.held = Some(outcome);
+            return;
+        }
+        self.confirming = false;
+        self.held = None;
         let Some(mut t) = self.current.take() else {
             return;
         };
@@ -382,5 +432,51 @@ mod tests {
             r.report().and_then(|t| t.outcome),
             Some("lost: i-0000000b holds the ENI".to_string())
         );
+    }
+
+    #[test]
+    fn a_claim_acted_on_early_ends_when_the_api_has_answered() {
+        let labels = |r: &Recorder| -> Vec<String> {
+            let t = r.report().expect("a timeline");
+            t.steps.into_iter().map(|s| s.label).collect()
+        };
+        // (API answer, the timeline's outcome)
+        let table = [
+            (None, "master"),
+            (
+                Some(Outcome::Lost {
+                    holder: "i-0000000b".into(),
+                }),
+                "lost: i-0000000b holds the ENI",
+            ),
+        ];
+        for (answer, want) in table {
+            let mut r = Recorder::default();
+            r.claim_started(Kind::Failover, "peer silent");
+            r.extend([Step::now("link seen")]);
+            r.expect_confirmation();
+            r.mark(Mark::NetApplied);
+            r.mark(Mark::HooksDone);
+            r.finish(Outcome::Master);
+            assert!(r.is_running(), "held until the API answers");
+            r.confirmed([Step::now("attached")], answer);
+            assert!(!r.is_running());
+            let last = r.report().expect("the last timeline");
+            assert_eq!(last.outcome.as_deref(), Some(want));
+            let l = labels(&r);
+            let (link, attached) = (
+                l.iter().position(|s| s == "link seen"),
+                l.iter().position(|s| s == "attached"),
+            );
+            assert!(link < attached, "the link came first: {l:?}");
+        }
+        // A confirmation for a timeline a newer claim replaced changes nothing.
+        let mut r = Recorder::default();
+        r.claim_started(Kind::Failover, "peer silent");
+        r.expect_confirmation();
+        r.claim_started(Kind::Reclaim, "detached from this master");
+        r.confirmed([Step::now("attached")], None);
+        assert!(r.is_running());
+        assert!(!labels(&r).contains(&"attached".to_string()));
     }
 }

@@ -7,10 +7,18 @@
 //!
 //! Both are sans-IO step machines ([`ClaimProc`], [`ReleaseProc`]): each [`Procedure::next`]
 //! takes the time since the procedure started and the answer to the last [`Call`], and says what
-//! to do next: make a call, wait (a poll delay), or stop with the outcome. The machines own every
-//! decision, the timeline steps and the poll deadline; whoever drives them owns the I/O:
-//! [`run`] drives them against any [`Primitives`] (EC2, the file-backed fake), and the
-//! simulation drives the same machines through its event queue against its fake clock.
+//! to do next: make a call, wait (a poll delay, see [`PollSchedule`]), or stop with the outcome.
+//! The machines own every decision, the timeline steps and the poll deadline; whoever drives them
+//! owns the I/O: [`run`] and [`run_claim_watching`] drive them against any [`Primitives`] (EC2,
+//! the file-backed fake), and the simulation drives the same machines through its event queue
+//! against its fake clock.
+//!
+//! A claim has one input besides the answers: [`ClaimProc::link_seen`], the hot-plugged link with
+//! the ENI's MAC appearing on this host after the attach was requested. That is the attachment
+//! done, whatever the API says yet: the machine hands out an [`EarlyClaim`] for the host to act
+//! on, and goes on polling until the API says `attached` (or names someone else, which the caller
+//! handles as a lost claim). A driver that never reports the link (the simulation, a host that
+//! cannot watch links) gets the claim as before, when the API says `attached`.
 
 use std::time::{Duration, Instant};
 
@@ -18,11 +26,11 @@ use futures::future::BoxFuture;
 use tracing::{info, warn};
 
 use super::{
-    poll_delay, AttachState, ClaimOutcome, ClaimRequest, CloudError, CloudErrorKind, EniInfo,
-    Ipv4Net, ReleaseOutcome,
+    AttachState, CallCount, ClaimHints, ClaimOutcome, ClaimRequest, CloudError, CloudErrorKind,
+    EarlyClaim, EniInfo, Ipv4Net, PollSchedule, ReleaseOutcome, Watched,
 };
 use crate::ids::{EniId, InstanceId};
-use crate::timeline::Step;
+use crate::timeline::{Mark, Step};
 
 /// One primitive cloud call a procedure asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +70,7 @@ pub struct Limits {
     pub deadline: Duration,
     /// How long a normal detach of the expected holder may take before it is forced.
     pub force_detach_grace: Duration,
-    /// A fraction in 0..=1 that spreads poll delays (80 to 100 % of [`poll_delay`]), so two nodes
+    /// A fraction in 0..=1 that spreads poll delays (80 to 100 % of the schedule's), so two nodes
     /// polling the same ENI do not stay in step. A plain function so a simulation can pass a
     /// constant.
     pub poll_jitter: fn() -> f64,
@@ -93,6 +101,10 @@ pub trait Procedure {
 /// within the deadline could have fixed.
 pub trait Primitives: Send + Sync {
     fn context(&self) -> Context;
+    /// How often to look at an attachment in transition.
+    fn poll_schedule(&self) -> PollSchedule {
+        PollSchedule::default()
+    }
     fn describe_eni(&self, deadline: Instant) -> BoxFuture<'_, Result<EniInfo, CloudError>>;
     fn attach(&self, device_index: u32, deadline: Instant)
         -> BoxFuture<'_, Result<(), CloudError>>;
@@ -120,33 +132,39 @@ where
     let mut last = None;
     loop {
         last = match m.next(started.elapsed(), last.take()) {
-            Next::Call(Call::Describe) => {
-                Some(p.describe_eni(deadline).await.map(Reply::Described))
-            }
-            Next::Call(Call::Attach { device_index }) => Some(
-                p.attach(device_index, deadline)
-                    .await
-                    .map(|()| Reply::Accepted),
-            ),
-            Next::Call(Call::Detach {
-                attachment_id,
-                force,
-            }) => Some(
-                p.detach(&attachment_id, force, deadline)
-                    .await
-                    .map(|()| Reply::Accepted),
-            ),
-            Next::Call(Call::KeepOnTermination { attachment_id }) => Some(
-                p.keep_on_termination(&attachment_id, deadline)
-                    .await
-                    .map(|()| Reply::Accepted),
-            ),
+            Next::Done(out) => return out,
+            Next::Call(call) => Some(perform(p, call, deadline).await),
             Next::Wait(d) => {
                 tokio::time::sleep(d).await;
                 None
             }
-            Next::Done(out) => return out,
         };
+    }
+}
+
+/// One primitive call.
+async fn perform<P: Primitives + ?Sized>(
+    p: &P,
+    call: Call,
+    deadline: Instant,
+) -> Result<Reply, CloudError> {
+    match call {
+        Call::Describe => p.describe_eni(deadline).await.map(Reply::Described),
+        Call::Attach { device_index } => p
+            .attach(device_index, deadline)
+            .await
+            .map(|()| Reply::Accepted),
+        Call::Detach {
+            attachment_id,
+            force,
+        } => p
+            .detach(&attachment_id, force, deadline)
+            .await
+            .map(|()| Reply::Accepted),
+        Call::KeepOnTermination { attachment_id } => p
+            .keep_on_termination(&attachment_id, deadline)
+            .await
+            .map(|()| Reply::Accepted),
     }
 }
 
@@ -155,12 +173,71 @@ pub async fn run_claim<P: Primitives + ?Sized>(
     p: &P,
     req: ClaimRequest,
 ) -> Result<ClaimOutcome, CloudError> {
-    run(p, ClaimProc::new(req, p.context())).await
+    run_claim_watching(p, req, ClaimHints::default())
+        .await
+        .result
+}
+
+/// The claim, driven against `p`, with the link watch raced against every call and wait: when
+/// the link shows up, the machine's [`EarlyClaim`] goes out on the watch's channel at once, and
+/// the claim goes on to its confirmation.
+pub async fn run_claim_watching<P: Primitives + ?Sized>(
+    p: &P,
+    req: ClaimRequest,
+    hints: ClaimHints<'_>,
+) -> Watched {
+    let mut m = ClaimProc::new(req, p.context()).with_poll(p.poll_schedule());
+    if let Some(id) = hints.known_attachment {
+        m = m.with_known_attachment(id);
+    }
+    let mut link = hints.link;
+    let started = Instant::now();
+    let deadline = started + p.context().limits.deadline;
+    let mut last = None;
+    loop {
+        let step = match m.next(started.elapsed(), last.take()) {
+            Next::Done(result) => {
+                return Watched {
+                    result,
+                    calls: Some(m.calls()),
+                }
+            }
+            Next::Call(call) => {
+                futures::future::Either::Left(async move { Some(perform(p, call, deadline).await) })
+            }
+            Next::Wait(d) => futures::future::Either::Right(async move {
+                tokio::time::sleep(d).await;
+                None
+            }),
+        };
+        tokio::pin!(step);
+        last = loop {
+            let Some(watch) = link.as_mut() else {
+                break step.await;
+            };
+            tokio::select! {
+                answer = &mut step => break answer,
+                () = &mut watch.seen => {
+                    // Seen once is enough: before the attach it is not ours to act on, after it
+                    // the early claim goes out (once).
+                    if let Some(watch) = link.take() {
+                        if let Some(early) = m.link_seen() {
+                            let _ = watch.early.send(early);
+                        }
+                    }
+                }
+            }
+        };
+    }
 }
 
 /// The release, driven against `p`.
 pub async fn run_release<P: Primitives + ?Sized>(p: &P) -> Result<ReleaseOutcome, CloudError> {
-    run(p, ReleaseProc::new(p.context())).await
+    run(
+        p,
+        ReleaseProc::new(p.context()).with_poll(p.poll_schedule()),
+    )
+    .await
 }
 
 // ---------- pieces both procedures share ----------
@@ -180,8 +257,8 @@ struct DetachWait {
     /// The holder being detached, which may still show up; anyone else attaching ends the wait.
     expected: Option<InstanceId>,
     forcing: Forcing,
+    /// When the wait started (the poll schedule counts from here).
     started: Duration,
-    polls: u32,
 }
 
 /// What one look at the ENI says about a [`DetachWait`].
@@ -199,7 +276,6 @@ impl DetachWait {
             expected,
             forcing,
             started,
-            polls: 0,
         }
     }
 
@@ -233,15 +309,19 @@ impl DetachWait {
     }
 }
 
-/// The next poll of a wait, or the deadline error when it would end past the deadline.
+/// The next poll of a wait that started at `since`, or the deadline error when it would end past
+/// the deadline.
 fn poll<T>(
-    polls: &mut u32,
+    schedule: &PollSchedule,
+    since: Duration,
     elapsed: Duration,
     ctx: &Context,
     what: &str,
 ) -> Result<Next<T>, CloudError> {
     let jitter = (ctx.limits.poll_jitter)().clamp(0.0, 1.0);
-    let delay = poll_delay(*polls).mul_f64(0.8 + 0.2 * jitter);
+    let delay = schedule
+        .delay(elapsed.saturating_sub(since))
+        .mul_f64(0.8 + 0.2 * jitter);
     if elapsed + delay >= ctx.limits.deadline {
         return Err(CloudError::new(
             CloudErrorKind::Deadline,
@@ -252,7 +332,6 @@ fn poll<T>(
             ),
         ));
     }
-    *polls += 1;
     Ok(Next::Wait(delay))
 }
 
@@ -317,6 +396,18 @@ fn confused(what: &str, got: &Option<Result<Reply, CloudError>>) -> CloudError {
     )
 }
 
+impl CallCount {
+    fn count(&mut self, call: &Call) {
+        let n = match call {
+            Call::Describe => &mut self.describe,
+            Call::Attach { .. } => &mut self.attach,
+            Call::Detach { .. } => &mut self.detach,
+            Call::KeepOnTermination { .. } => &mut self.keep,
+        };
+        *n += 1;
+    }
+}
+
 /// After a procedure is done, any further step is an error (and changes nothing).
 fn finished() -> CloudError {
     CloudError::new(
@@ -332,6 +423,9 @@ enum ClaimPhase {
     Start,
     /// Waiting for the first description.
     Described,
+    /// Waiting for the answer to a forced detach of an attachment id known from the last look
+    /// (no describe first); a failure means the id is stale, and the claim describes.
+    DetachKnown(DetachWait),
     /// Waiting for a detach's answer; then describe at once, or poll first (a forced detach
     /// during a wait).
     Detach {
@@ -347,11 +441,12 @@ enum ClaimPhase {
     },
     WaitAttached {
         already_mine: bool,
-        polls: u32,
+        /// When the wait started (the poll schedule counts from here).
+        since: Duration,
     },
     /// Waiting for the answer to clearing delete-on-termination.
     Keep {
-        info: EniInfo,
+        info: Box<EniInfo>,
         already_mine: bool,
     },
     Done,
@@ -362,8 +457,16 @@ enum ClaimPhase {
 pub struct ClaimProc {
     req: ClaimRequest,
     ctx: Context,
+    schedule: PollSchedule,
+    /// The expected holder's attachment id, when the caller knows it (used once, at the start).
+    known_attachment: Option<String>,
     /// The subnet CIDR from the first description (later polls may not carry it).
     cidr: Option<Ipv4Net>,
+    /// The last description, for an early claim.
+    latest: Option<Box<EniInfo>>,
+    /// The early claim went out: what follows is its confirmation.
+    early: bool,
+    calls: CallCount,
     steps: Vec<Step>,
     phase: ClaimPhase,
     /// Which of `req.device_indexes` the next attach uses.
@@ -375,7 +478,12 @@ impl ClaimProc {
         ClaimProc {
             req,
             ctx,
+            schedule: PollSchedule::default(),
+            known_attachment: None,
             cidr: None,
+            latest: None,
+            early: false,
+            calls: CallCount::default(),
             steps: Vec::new(),
             phase: ClaimPhase::Start,
             index_at: 0,
@@ -391,6 +499,54 @@ impl ClaimProc {
             .unwrap_or(1)
     }
 
+    /// Polls on `schedule` instead of the default one.
+    pub fn with_poll(mut self, schedule: PollSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// The expected holder's attachment id from the last look: a forced claim detaches it at
+    /// once, without describing first. Ignored by a claim that does not force.
+    pub fn with_known_attachment(mut self, attachment_id: String) -> Self {
+        self.known_attachment = Some(attachment_id);
+        self
+    }
+
+    /// The calls asked for so far.
+    pub fn calls(&self) -> CallCount {
+        self.calls
+    }
+
+    /// The ENI's link is on this host. After this claim asked for the attach (its answer may
+    /// still be on its way) that is the attachment done: the early claim, with the steps so far,
+    /// for the host to act on; the machine goes on until the API confirms. `None` when the link
+    /// is not this claim's to act on (seen before the attach, or the claim has ended) or the
+    /// early claim went out already.
+    pub fn link_seen(&mut self) -> Option<EarlyClaim> {
+        let attaching = matches!(
+            self.phase,
+            ClaimPhase::Attach
+                | ClaimPhase::WaitAttached {
+                    already_mine: false,
+                    ..
+                }
+        );
+        if !attaching || self.early {
+            return None;
+        }
+        let mut info = *self.latest.clone()?;
+        self.early = true;
+        self.steps.push(Step::mark(Mark::LinkSeen, Instant::now()));
+        info.subnet_cidr = info.subnet_cidr.or(self.cidr);
+        let me = &self.ctx.me;
+        info.attachment = info.attachment.filter(|a| a.instance_id == *me);
+        info!(eni = %self.ctx.eni, "the ENI's link is here: acting on it, the API's `attached` is confirmed in the background");
+        Some(EarlyClaim {
+            info,
+            steps: std::mem::take(&mut self.steps),
+        })
+    }
+
     fn mark(&mut self, label: impl Into<String>) {
         self.steps.push(Step::now(label));
     }
@@ -402,30 +558,46 @@ impl ClaimProc {
         }))
     }
 
+    /// The description a call brought back, remembered for an early claim.
+    fn look(&mut self, last: Option<Result<Reply, CloudError>>) -> Result<EniInfo, CloudError> {
+        let info = expect_info(last)?;
+        self.cidr = self.cidr.or(info.subnet_cidr);
+        self.latest = Some(Box::new(info.clone()));
+        Ok(info)
+    }
+
     fn step(
         &mut self,
         elapsed: Duration,
         last: Option<Result<Reply, CloudError>>,
     ) -> Result<Next<ClaimOutcome>, CloudError> {
         match std::mem::replace(&mut self.phase, ClaimPhase::Done) {
-            ClaimPhase::Start => {
-                self.mark("describe requested");
-                self.phase = ClaimPhase::Described;
-                Ok(Next::Call(Call::Describe))
-            }
+            ClaimPhase::Start => Ok(self.start(elapsed)),
             ClaimPhase::Described => {
-                let info = expect_info(last)?;
+                let info = self.look(last)?;
                 self.mark("described");
-                self.cidr = info.subnet_cidr;
                 self.decide(info, elapsed)
             }
+            ClaimPhase::DetachKnown(mut wait) => match last {
+                Some(Ok(Reply::Accepted)) => {
+                    self.mark("detach accepted");
+                    wait.started = elapsed;
+                    self.phase = ClaimPhase::WaitDetached(wait);
+                    Ok(Next::Call(Call::Describe))
+                }
+                Some(Err(e)) => {
+                    info!(error = %e, eni = %self.ctx.eni, "the attachment id from the last look is stale: describing");
+                    Ok(self.describe_first("attachment id stale: describe requested"))
+                }
+                other => Err(confused("detach", &other)),
+            },
             ClaimPhase::Detach {
                 mut wait,
                 poll_first,
             } => {
                 detach_answer(&mut self.steps, last)?;
                 if poll_first {
-                    let next = poll(&mut wait.polls, elapsed, &self.ctx, "detach")?;
+                    let next = poll(&self.schedule, wait.started, elapsed, &self.ctx, "detach")?;
                     self.phase = ClaimPhase::WaitDetached(wait);
                     return Ok(next);
                 }
@@ -434,14 +606,14 @@ impl ClaimProc {
                 Ok(Next::Call(Call::Describe))
             }
             ClaimPhase::WaitDetached(wait) => self.wait_detached(wait, elapsed, last),
-            ClaimPhase::Attach => self.attach_answer(last),
+            ClaimPhase::Attach => self.attach_answer(last, elapsed),
             ClaimPhase::AttachRefused { message } => {
-                let info = expect_info(last)?;
+                let info = self.look(last)?;
                 match info.attachment {
                     // An earlier attempt whose answer was lost did attach: carry on.
                     Some(a) if a.instance_id == self.ctx.me => {
                         self.mark("attach accepted");
-                        Ok(self.wait_attached(false))
+                        Ok(self.wait_attached(false, elapsed))
                     }
                     Some(a) => {
                         info!(holder = %a.instance_id, eni = %self.ctx.eni, "lost the race for the ENI");
@@ -455,8 +627,8 @@ impl ClaimProc {
             }
             ClaimPhase::WaitAttached {
                 already_mine,
-                polls,
-            } => self.attached(already_mine, polls, elapsed, last),
+                since,
+            } => self.attached(already_mine, since, elapsed, last),
             ClaimPhase::Keep {
                 mut info,
                 already_mine,
@@ -466,10 +638,29 @@ impl ClaimProc {
                     a.delete_on_termination = false;
                 }
                 self.mark("delete-on-termination cleared");
-                Ok(self.claimed(info, already_mine))
+                Ok(self.claimed(*info, already_mine))
             }
             ClaimPhase::Done => Err(finished()),
         }
+    }
+
+    /// The first call: a forced detach of the attachment the caller knows, or a describe.
+    fn start(&mut self, elapsed: Duration) -> Next<ClaimOutcome> {
+        let known = self.known_attachment.take().filter(|_| self.req.force);
+        let (Some(holder), Some(attachment_id)) = (self.req.expected_holder.clone(), known) else {
+            return self.describe_first("describe requested");
+        };
+        warn!(holder = %holder, eni = %self.ctx.eni, attachment = %attachment_id,
+            "holder believed dead: detaching with Force=true the attachment from the last look");
+        self.phase =
+            ClaimPhase::DetachKnown(DetachWait::new(Some(holder), Forcing::Never, elapsed));
+        detach_call(&mut self.steps, attachment_id, true)
+    }
+
+    fn describe_first(&mut self, label: &'static str) -> Next<ClaimOutcome> {
+        self.mark(label);
+        self.phase = ClaimPhase::Described;
+        Next::Call(Call::Describe)
     }
 
     /// The first look: adopt, detach the expected holder, wait out a pending detach, or attach.
@@ -485,7 +676,7 @@ impl ClaimProc {
         };
         match a.state {
             AttachState::Attached if a.instance_id == *me => Ok(self.keep(info, true)),
-            AttachState::Attaching if a.instance_id == *me => Ok(self.wait_attached(true)),
+            AttachState::Attaching if a.instance_id == *me => Ok(self.wait_attached(true, elapsed)),
             AttachState::Attached | AttachState::Attaching => {
                 if self.req.expected_holder.as_ref() != Some(&a.instance_id) {
                     info!(holder = %a.instance_id, expected = ?self.req.expected_holder.as_ref().map(|i| i.as_str()),
@@ -548,7 +739,7 @@ impl ClaimProc {
             self.phase = ClaimPhase::WaitDetached(wait);
             return Ok(Next::Call(Call::Describe));
         }
-        let info = expect_info(last)?;
+        let info = self.look(last)?;
         match wait.see(&info, &self.ctx, elapsed) {
             Seen::Gone => {
                 self.mark("detached");
@@ -563,7 +754,7 @@ impl ClaimProc {
                 Ok(detach_call(&mut self.steps, id, true))
             }
             Seen::Pending => {
-                let next = poll(&mut wait.polls, elapsed, &self.ctx, "detach")?;
+                let next = poll(&self.schedule, wait.started, elapsed, &self.ctx, "detach")?;
                 self.phase = ClaimPhase::WaitDetached(wait);
                 Ok(next)
             }
@@ -581,6 +772,7 @@ impl ClaimProc {
     fn attach_answer(
         &mut self,
         last: Option<Result<Reply, CloudError>>,
+        elapsed: Duration,
     ) -> Result<Next<ClaimOutcome>, CloudError> {
         match last {
             Some(Err(e)) if e.kind == CloudErrorKind::InUse => {
@@ -616,15 +808,15 @@ impl ClaimProc {
             last => {
                 expect_accepted(last, "attach")?;
                 self.mark("attach accepted");
-                Ok(self.wait_attached(false))
+                Ok(self.wait_attached(false, elapsed))
             }
         }
     }
 
-    fn wait_attached(&mut self, already_mine: bool) -> Next<ClaimOutcome> {
+    fn wait_attached(&mut self, already_mine: bool, since: Duration) -> Next<ClaimOutcome> {
         self.phase = ClaimPhase::WaitAttached {
             already_mine,
-            polls: 0,
+            since,
         };
         Next::Call(Call::Describe)
     }
@@ -633,18 +825,14 @@ impl ClaimProc {
     fn attached(
         &mut self,
         already_mine: bool,
-        mut polls: u32,
+        since: Duration,
         elapsed: Duration,
         last: Option<Result<Reply, CloudError>>,
     ) -> Result<Next<ClaimOutcome>, CloudError> {
         if last.is_none() {
-            self.phase = ClaimPhase::WaitAttached {
-                already_mine,
-                polls,
-            };
-            return Ok(Next::Call(Call::Describe));
+            return Ok(self.wait_attached(already_mine, since));
         }
-        let mut info = expect_info(last)?;
+        let mut info = self.look(last)?;
         if let Some(a) = &info.attachment {
             if a.instance_id != self.ctx.me {
                 if info.holder().is_some() {
@@ -655,7 +843,7 @@ impl ClaimProc {
                 self.mark("attached");
                 info.subnet_cidr = info.subnet_cidr.or(self.cidr);
                 let device_index = self.device_index();
-                info!(eni = %self.ctx.eni, device_index, steps = self.steps.len(), "ENI attached here");
+                info!(eni = %self.ctx.eni, device_index, early = self.early, "ENI attached here");
                 return Ok(self.keep(info, already_mine));
             } else if matches!(a.state, AttachState::Detaching | AttachState::Detached) {
                 return Err(CloudError::new(
@@ -667,10 +855,10 @@ impl ClaimProc {
                 ));
             }
         }
-        let next = poll(&mut polls, elapsed, &self.ctx, "attach")?;
+        let next = poll(&self.schedule, since, elapsed, &self.ctx, "attach")?;
         self.phase = ClaimPhase::WaitAttached {
             already_mine,
-            polls,
+            since,
         };
         Ok(next)
     }
@@ -681,7 +869,10 @@ impl ClaimProc {
             Some(a) if a.delete_on_termination => {
                 self.mark("delete-on-termination clear requested");
                 let attachment_id = a.attachment_id.clone();
-                self.phase = ClaimPhase::Keep { info, already_mine };
+                self.phase = ClaimPhase::Keep {
+                    info: Box::new(info),
+                    already_mine,
+                };
                 Next::Call(Call::KeepOnTermination { attachment_id })
             }
             _ => self.claimed(info, already_mine),
@@ -707,8 +898,10 @@ impl Procedure for ClaimProc {
     ) -> Next<ClaimOutcome> {
         match self.step(elapsed, last) {
             Ok(next) => {
-                if matches!(next, Next::Done(_)) {
-                    self.phase = ClaimPhase::Done;
+                match &next {
+                    Next::Done(_) => self.phase = ClaimPhase::Done,
+                    Next::Call(call) => self.calls.count(call),
+                    Next::Wait(_) => {}
                 }
                 next
             }
@@ -736,6 +929,7 @@ enum ReleasePhase {
 #[derive(Debug, Clone)]
 pub struct ReleaseProc {
     ctx: Context,
+    schedule: PollSchedule,
     steps: Vec<Step>,
     phase: ReleasePhase,
 }
@@ -744,9 +938,16 @@ impl ReleaseProc {
     pub fn new(ctx: Context) -> Self {
         ReleaseProc {
             ctx,
+            schedule: PollSchedule::default(),
             steps: Vec::new(),
             phase: ReleasePhase::Start,
         }
+    }
+
+    /// Polls on `schedule` instead of the default one.
+    pub fn with_poll(mut self, schedule: PollSchedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     fn done(&mut self, detached: bool) -> Next<ReleaseOutcome> {
@@ -809,7 +1010,8 @@ impl ReleaseProc {
                     )),
                     // Releasing waits with Forcing::Never, so no look asks for force.
                     Seen::Force(_) | Seen::Pending => {
-                        let next = poll(&mut wait.polls, elapsed, &self.ctx, "detach")?;
+                        let next =
+                            poll(&self.schedule, wait.started, elapsed, &self.ctx, "detach")?;
                         self.phase = ReleasePhase::WaitDetached(wait);
                         Ok(next)
                     }

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::claim::{self, Context, Limits, Primitives};
 use super::{
-    AttachState, Attachment, ClaimOutcome, ClaimRequest, Cloud, CloudError, CloudErrorKind,
-    EniInfo, Identity, Ipv4Net, ReleaseOutcome,
+    AttachState, Attachment, ClaimHints, ClaimOutcome, ClaimRequest, Cloud, CloudError,
+    CloudErrorKind, EniInfo, Identity, Ipv4Net, ReleaseOutcome, Watched,
 };
 use crate::ids::{EniId, InstanceId};
 
@@ -192,6 +192,14 @@ impl Cloud for FileCloud {
 
     fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, Result<ClaimOutcome, CloudError>> {
         Box::pin(claim::run_claim(self, req))
+    }
+
+    fn claim_watching<'a>(
+        &'a self,
+        req: ClaimRequest,
+        hints: ClaimHints<'a>,
+    ) -> BoxFuture<'a, Watched> {
+        Box::pin(claim::run_claim_watching(self, req, hints))
     }
 
     fn release(&self) -> BoxFuture<'_, Result<ReleaseOutcome, CloudError>> {

@@ -421,6 +421,16 @@ pub const KEYS: &[KeyDoc] = &[
         doc: "How often the master re-reads the attachment to confirm it still holds the ENI. \
               Shorter notices a lost ENI sooner at the cost of more API calls.",
     },
+    KeyDoc {
+        table: "aws",
+        key: "poll-interval",
+        kind: DURATION,
+        default: KeyDefault::Value("\"100ms\""),
+        range: Range::AtLeast("10ms"),
+        doc: "How often a claim looks at the attachment while EC2 shows it `attaching` or \
+              `detaching` (at most 5s), for the first 3 s of each; then it backs off to once a \
+              second. `operation-timeout` bounds the number of calls a failover makes.",
+    },
     // [network]
     KeyDoc {
         table: "network",

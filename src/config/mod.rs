@@ -129,6 +129,9 @@ pub struct AwsSettings {
     pub force_detach_grace: Duration,
     /// How often the master re-reads the attachment to confirm it still holds the ENI.
     pub verify_interval: Duration,
+    /// How often a claim or release looks at an attachment in transition, for its first seconds
+    /// (then it backs off).
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -443,14 +446,16 @@ impl Settings {
         row(
             "aws",
             format!(
-                "region {}{}, operation timeout {}, force detach after {}, verify every {}",
+                "region {}{}, operation timeout {}, force detach after {}, verify every {}, \
+                 poll transitions every {}",
                 a.region.as_deref().unwrap_or("from instance metadata"),
                 a.endpoint_url
                     .as_ref()
                     .map_or(String::new(), |u| format!(", endpoint {u}")),
                 d(a.operation_timeout),
                 d(a.force_detach_grace),
-                d(a.verify_interval)
+                d(a.verify_interval),
+                d(a.poll_interval)
             ),
         );
         let net = &self.network;

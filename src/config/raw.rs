@@ -56,6 +56,7 @@ pub const DURATION_KEYS: &[&str] = &[
     "aws.operation-timeout",
     "aws.force-detach-grace",
     "aws.verify-interval",
+    "aws.poll-interval",
     "network.reconcile-interval",
     "network.link-timeout",
     "hooks.timeout",
@@ -127,6 +128,7 @@ pub struct RawAws {
     pub operation_timeout: Option<String>,
     pub force_detach_grace: Option<String>,
     pub verify_interval: Option<String>,
+    pub poll_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

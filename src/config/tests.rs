@@ -167,6 +167,7 @@ fn defaults_are_applied() {
     assert_eq!(s.aws.operation_timeout, Duration::from_secs(10));
     assert_eq!(s.aws.force_detach_grace, Duration::from_secs(2));
     assert_eq!(s.aws.verify_interval, Duration::from_secs(5));
+    assert_eq!(s.aws.poll_interval, Duration::from_millis(100));
     assert_eq!(s.network.interface_name, None);
     assert_eq!(s.network.route_table, 10_001);
     assert_eq!(s.network.rule_priority, 1000);
@@ -513,6 +514,18 @@ fn each_rule_names_its_key() {
         (
             Cfg::minimal().set("[aws]", "verify-interval", "\"0ms\""),
             "aws.verify-interval",
+        ),
+        (
+            Cfg::minimal().set("[aws]", "poll-interval", "\"5ms\""),
+            "aws.poll-interval",
+        ),
+        (
+            Cfg::minimal().set("[aws]", "poll-interval", "\"6s\""),
+            "aws.poll-interval",
+        ),
+        (
+            Cfg::minimal().set("[aws]", "poll-interval", "100"),
+            "aws.poll-interval",
         ),
         (
             Cfg::minimal().set("[network]", "route-table", "0"),

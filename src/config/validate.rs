@@ -750,7 +750,24 @@ fn aws(c: &mut Checker, a: &RawAws) -> AwsSettings {
             ),
         );
     }
+    // Below 10 ms the looks cost more than they save; above 5 s a transition is seen late.
+    let poll_interval = c.duration_min(
+        "aws.poll-interval",
+        a.poll_interval.as_deref(),
+        Duration::from_millis(100),
+        Duration::from_millis(10),
+    );
+    if poll_interval > secs(5) {
+        c.push(
+            "aws.poll-interval",
+            format!(
+                "{} is too long: expected at most 5s",
+                format_duration(poll_interval)
+            ),
+        );
+    }
     AwsSettings {
+        poll_interval,
         region: a.region.clone(),
         endpoint_url: a.endpoint_url.clone(),
         operation_timeout,

@@ -84,7 +84,19 @@ impl Daemon {
             device_indexes: self.settings.group.device_indexes.clone(),
         };
         let mac = self.eni.as_ref().map(|e| e.mac.clone());
-        self.to_cloud(CloudJob::Claim { req, mac });
+        // The holder's attachment as the last look saw it: a forced detach needs no describe
+        // first (a stale id fails, and the claim describes).
+        let known_attachment = self
+            .eni
+            .as_ref()
+            .and_then(|e| e.attachment.as_ref())
+            .filter(|a| force && Some(&a.instance_id) == req.expected_holder.as_ref())
+            .map(|a| a.attachment_id.clone());
+        self.to_cloud(CloudJob::Claim {
+            req,
+            mac,
+            known_attachment,
+        });
     }
 
     fn release(&mut self) {

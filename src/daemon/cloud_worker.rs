@@ -1,17 +1,28 @@
 //! The cloud worker: every call to the [`Cloud`] goes through here, off the loop, so a slow or
 //! throttled API never delays a heartbeat or a control request. Results come back as
 //! [`Done::Cloud`] (news for the core) or [`Done::Described`] (for the host network plan).
+//!
+//! A claim watches for the ENI's hot-plugged link from before the attach: when the link shows
+//! up first, the claim is reported done at once ([`Done::EarlyClaim`], the core configures the
+//! host) and goes on in the background until the API says `attached` ([`Done::Confirmed`]). A
+//! confirmation that does not come, or names another holder, reaches the core as what the cloud
+//! says ([`Event::CloudState`], the verify's path), so a master steps down as from any lost
+//! claim.
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Done;
-use crate::cloud::{ClaimOutcome, ClaimRequest, Cloud, CloudError};
+use crate::cloud::{
+    CallCount, ClaimHints, ClaimOutcome, ClaimRequest, Cloud, CloudError, CloudErrorKind,
+    EarlyClaim, LinkWatch, Watched,
+};
 use crate::core::{ClaimResult, CloudView, Event, Failure};
 use crate::net::HostNet;
+use crate::timeline::{Outcome, Step};
 
 pub(super) enum CloudJob {
     /// Who holds the ENI, for the core (`QueryCloud`).
@@ -22,6 +33,8 @@ pub(super) enum CloudJob {
         req: ClaimRequest,
         /// The ENI's MAC if known, to listen for its link before the attach.
         mac: Option<String>,
+        /// The expected holder's attachment id from the last look, if any.
+        known_attachment: Option<String>,
     },
     Release,
 }
@@ -37,19 +50,20 @@ pub(super) async fn run(
     while let Some(job) = jobs.recv().await {
         let (cloud, net, done) = (cloud.clone(), net.clone(), done.clone());
         tokio::spawn(async move {
-            let msg = call(&*cloud, &*net, job).await;
-            // The loop has ended when the send fails; nobody is left to tell.
-            let _ = done.send(msg);
+            // The loop has ended when a send fails; nobody is left to tell.
+            match job {
+                CloudJob::Query => drop(done.send(query(&*cloud).await)),
+                CloudJob::DescribeForPlan => {
+                    drop(done.send(Done::Described(timed("describe", cloud.describe()).await)))
+                }
+                CloudJob::Claim {
+                    req,
+                    mac,
+                    known_attachment,
+                } => claim(&*cloud, &*net, req, mac, known_attachment, &done).await,
+                CloudJob::Release => drop(done.send(release(&*cloud).await)),
+            }
         });
-    }
-}
-
-async fn call(cloud: &dyn Cloud, net: &dyn HostNet, job: CloudJob) -> Done {
-    match job {
-        CloudJob::Query => query(cloud).await,
-        CloudJob::DescribeForPlan => Done::Described(timed("describe", cloud.describe()).await),
-        CloudJob::Claim { req, mac } => claim(cloud, net, req, mac).await,
-        CloudJob::Release => release(cloud).await,
     }
 }
 
@@ -78,30 +92,143 @@ async fn claim(
     net: &dyn HostNet,
     req: ClaimRequest,
     mac: Option<String>,
-) -> Done {
+    known_attachment: Option<String>,
+    done: &mpsc::UnboundedSender<Done>,
+) {
     // Listen for the hot-plugged link before asking for the attach, so a fast hot-plug cannot
     // happen between the attach and the wait.
-    if let Some(mac) = mac {
-        if let Err(e) = net.prepare(&mac).await {
+    if let Some(mac) = &mac {
+        if let Err(e) = net.prepare(mac).await {
             warn!(error = %e, "cannot listen for the ENI's link ahead of the attach");
         }
     }
-    match timed("claim", cloud.claim(req)).await {
-        Ok(ClaimOutcome::Claimed { info, steps, .. }) => Done::Cloud {
-            event: Event::ClaimDone(Ok(ClaimResult::Claimed)),
-            steps,
-            info: Some(info),
-        },
-        Ok(ClaimOutcome::HeldBy { holder, steps }) => Done::Cloud {
-            event: Event::ClaimDone(Ok(ClaimResult::HeldBy(holder.to_string()))),
-            steps,
-            info: None,
-        },
-        Err(e) => {
-            warn!(error = %e, kind = e.kind_str(), "claim failed");
-            failed(Event::ClaimDone(Err(failure(&e))))
+    let (early_tx, mut early_rx) = oneshot::channel::<EarlyClaim>();
+    let link = mac.as_deref().map(|mac| LinkWatch {
+        seen: Box::pin(link_seen(net, mac)),
+        early: early_tx,
+    });
+    let hints = ClaimHints {
+        known_attachment,
+        link,
+    };
+    let started = Instant::now();
+    let claim = async {
+        let watched = cloud.claim_watching(req, hints).await;
+        let outcome = match &watched.result {
+            Ok(o) => o.label(),
+            Err(e) => e.kind_str(),
+        };
+        crate::metrics::cloud_request("claim", outcome, started.elapsed());
+        watched
+    };
+    tokio::pin!(claim);
+    let watched = tokio::select! {
+        biased;
+        Ok(early) = &mut early_rx => {
+            let _ = done.send(acted_on(early));
+            let watched = claim.await;
+            let _ = done.send(confirmation(watched));
+            return;
         }
+        watched = &mut claim => watched,
+    };
+    // The claim may have gone on to its end in the same step that sent the early claim.
+    if let Ok(early) = early_rx.try_recv() {
+        let _ = done.send(acted_on(early));
+        let _ = done.send(confirmation(watched));
+        return;
     }
+    let _ = done.send(claimed(watched));
+}
+
+/// Resolves when the ENI's link is on this host; never, if the host cannot tell.
+async fn link_seen(net: &dyn HostNet, mac: &str) {
+    if let Err(e) = net.wait_link(mac).await {
+        warn!(error = %e, kind = e.kind(), "not watching for the ENI's link: the claim waits for the API");
+        futures::future::pending::<()>().await;
+    }
+}
+
+/// The early claim: the core takes over the host now.
+fn acted_on(early: EarlyClaim) -> Done {
+    Done::EarlyClaim {
+        info: early.info,
+        steps: early.steps,
+    }
+}
+
+/// A claim that ended without acting on the link first: what it concluded is news for the core.
+fn claimed(watched: Watched) -> Done {
+    let calls = calls_step(watched.calls);
+    let (event, mut steps, info) = match watched.result {
+        Ok(ClaimOutcome::Claimed { info, steps, .. }) => (ClaimResult::Claimed, steps, Some(info)),
+        Ok(ClaimOutcome::HeldBy { holder, steps }) => {
+            (ClaimResult::HeldBy(holder.to_string()), steps, None)
+        }
+        Err(e) => {
+            warn!(error = %e, kind = e.kind_str(), calls = ?watched.calls.map(|c| c.total()), "claim failed");
+            return failed(Event::ClaimDone(Err(failure(&e))));
+        }
+    };
+    steps.extend(calls);
+    Done::Cloud {
+        event: Event::ClaimDone(Ok(event)),
+        steps,
+        info,
+    }
+}
+
+/// The end of a claim acted on early: confirmed, or a mismatch the core must learn the way a
+/// verify would tell it. A cloud that cannot be reached is no mismatch: the master keeps serving
+/// and its verify asks again.
+fn confirmation(watched: Watched) -> Done {
+    let calls = calls_step(watched.calls);
+    let (lost, outcome, mut steps) = match watched.result {
+        Ok(ClaimOutcome::Claimed {
+            info, mut steps, ..
+        }) => {
+            info!(eni = %info.eni_id, "the API confirms the attachment acted on");
+            steps.extend(calls);
+            return Done::Confirmed {
+                steps,
+                info: Some(info),
+                lost: None,
+            };
+        }
+        Ok(ClaimOutcome::HeldBy { holder, steps }) => {
+            warn!(%holder, "the API says another instance holds the ENI acted on: stepping down");
+            let outcome = Outcome::Lost {
+                holder: holder.to_string(),
+            };
+            (Ok(CloudView::Holder(holder.to_string())), outcome, steps)
+        }
+        Err(e)
+            if matches!(
+                e.kind,
+                CloudErrorKind::Deadline | CloudErrorKind::DetachedMeanwhile
+            ) =>
+        {
+            warn!(error = %e, "the API never said `attached` for the ENI acted on: stepping down");
+            let outcome = Outcome::ClaimFailed(format!("not confirmed by the API: {e}"));
+            (Ok(CloudView::Nobody), outcome, Vec::new())
+        }
+        Err(e) => {
+            warn!(error = %e, kind = e.kind_str(), "cannot confirm the claim acted on; the verify asks again");
+            let outcome = Outcome::Unconfirmed(e.to_string());
+            (Err(failure(&e)), outcome, Vec::new())
+        }
+    };
+    steps.extend(calls);
+    Done::Confirmed {
+        steps,
+        info: None,
+        lost: Some(Box::new((Event::CloudState(lost), outcome))),
+    }
+}
+
+/// The claim's cost as a timeline step, when the cloud counted it.
+fn calls_step(calls: Option<CallCount>) -> Option<Step> {
+    calls.map(|c| Step::now(c.label()))
 }
 
 async fn release(cloud: &dyn Cloud) -> Done {
@@ -120,7 +247,7 @@ async fn release(cloud: &dyn Cloud) -> Done {
 
 /// Runs one cloud call and records it in the metrics: "ok" or the error's kind (a claim that
 /// found the ENI held by someone else is "held-by").
-async fn timed<T: Outcome>(
+async fn timed<T: CallOutcome>(
     action: &'static str,
     call: impl std::future::Future<Output = Result<T, CloudError>>,
 ) -> Result<T, CloudError> {
@@ -135,15 +262,15 @@ async fn timed<T: Outcome>(
 }
 
 /// The metrics label of a successful call.
-trait Outcome {
+trait CallOutcome {
     fn label(&self) -> &'static str {
         "ok"
     }
 }
 
-impl Outcome for crate::cloud::EniInfo {}
-impl Outcome for crate::cloud::ReleaseOutcome {}
-impl Outcome for ClaimOutcome {
+impl CallOutcome for crate::cloud::EniInfo {}
+impl CallOutcome for crate::cloud::ReleaseOutcome {}
+impl CallOutcome for ClaimOutcome {
     fn label(&self) -> &'static str {
         match self {
             ClaimOutcome::Claimed { .. } => "ok",

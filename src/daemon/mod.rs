@@ -217,6 +217,19 @@ enum Done {
         steps: Vec<Step>,
         info: Option<EniInfo>,
     },
+    /// A claim acted on at the hot-plug, before the API said `attached`: the core hears
+    /// `ClaimDone` now; the API's answer follows as [`Done::Confirmed`].
+    EarlyClaim {
+        info: EniInfo,
+        steps: Vec<Step>,
+    },
+    /// The end of an early claim: `lost` is what the core must hear when the API disagrees
+    /// (and how the timeline ends); `None` when it confirmed the attachment.
+    Confirmed {
+        steps: Vec<Step>,
+        info: Option<EniInfo>,
+        lost: Option<Box<(Event, crate::timeline::Outcome)>>,
+    },
     /// A describe asked for to build the host network plan: not news for the core.
     Described(Result<EniInfo, CloudError>),
     Net {

@@ -24,6 +24,25 @@ impl Daemon {
                 self.record_cloud_result(&event);
                 self.feed(event).await;
             }
+            Done::EarlyClaim { info, steps } => {
+                self.remember_eni(info);
+                self.timeline.extend(steps);
+                self.timeline.expect_confirmation();
+                self.feed(Event::ClaimDone(Ok(ClaimResult::Claimed))).await;
+            }
+            Done::Confirmed { steps, info, lost } => {
+                if let Some(info) = info {
+                    self.remember_eni(info);
+                }
+                match lost {
+                    None => self.timeline.confirmed(steps, None),
+                    Some(lost) => {
+                        let (event, outcome) = *lost;
+                        self.timeline.confirmed(steps, Some(outcome));
+                        self.feed(event).await;
+                    }
+                }
+            }
             Done::Described(result) => self.on_described(result).await,
             Done::Net { event, steps } => {
                 self.timeline.extend(steps);

@@ -51,6 +51,13 @@ pub trait HostNet: Send + Sync {
     /// following [`HostNet::apply`] for the same MAC then cannot miss a hot-plug that happens
     /// before it starts waiting. A later `prepare` replaces an earlier one.
     fn prepare<'a>(&'a self, mac: &'a str) -> BoxFuture<'a, Result<(), NetError>>;
+    /// Resolves once the link with this MAC is on this host (up to the adapter's link timeout),
+    /// seeing every hot-plug since the [`HostNet::prepare`] for it. A claim acts on it as the
+    /// attachment being done. An adapter that cannot watch links never resolves.
+    fn wait_link<'a>(&'a self, mac: &'a str) -> BoxFuture<'a, Result<(), NetError>> {
+        let _ = mac;
+        Box::pin(futures::future::pending())
+    }
     /// Wait for the plan's link (up to the adapter's link timeout), then make the plan true.
     /// Applying a plan that is already in place changes nothing and succeeds.
     fn apply<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>>;

@@ -20,7 +20,7 @@ use crate::cloud::*;
 /// A claim or release in progress: the production step machine and whom it runs for.
 #[derive(Debug, Clone)]
 pub enum Proc {
-    Claim(Box<ClaimProc>),
+    Claim(ClaimProc),
     Release(ReleaseProc),
 }
 
@@ -467,7 +467,7 @@ impl Sim {
                         force,
                         device_indexes: vec![1],
                     };
-                    self.start_proc(i, Proc::Claim(Box::new(ClaimProc::new(req, context(i)))));
+                    self.start_proc(i, Proc::Claim(ClaimProc::new(req, context(i))));
                 }
                 Action::Release => self.start_proc(i, Proc::Release(ReleaseProc::new(context(i)))),
                 Action::ApplyNet => self.apply_net(i, generation),

@@ -376,6 +376,7 @@ pub fn aws_settings(endpoint: &str, operation_timeout: Duration) -> AwsSettings 
         operation_timeout,
         force_detach_grace: Duration::from_millis(300),
         verify_interval: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(100),
     }
 }
 

@@ -36,8 +36,8 @@ use tracing::{debug, info, warn};
 
 use crate::cloud::claim::{self, Context, Limits, Primitives};
 use crate::cloud::{
-    AttachState, Attachment, ClaimOutcome, ClaimRequest, Cloud, CloudError, CloudErrorKind,
-    EniInfo, Identity, Ipv4Net, ReleaseOutcome,
+    AttachState, Attachment, ClaimHints, ClaimOutcome, ClaimRequest, Cloud, CloudError,
+    CloudErrorKind, EniInfo, Identity, Ipv4Net, PollSchedule, ReleaseOutcome, Watched,
 };
 use crate::config::AwsSettings;
 use crate::ids::{EniId, InstanceId};
@@ -51,6 +51,7 @@ pub struct Ec2Cloud {
     identity: Identity,
     policy: RetryPolicy,
     force_detach_grace: Duration,
+    poll: PollSchedule,
     /// The ENI's subnet never changes, so its CIDR is looked up once.
     subnet_cidr: Mutex<Option<(String, Ipv4Net)>>,
     /// Retries since the last claim or release finished, so its timeline shows them.
@@ -156,6 +157,7 @@ impl Ec2Cloud {
             policy,
             aws.force_detach_grace,
         );
+        cloud.poll = PollSchedule::every(aws.poll_interval);
         // One call now resolves the credentials and opens a connection, so the first failover
         // pays for neither. Best effort: an unreachable endpoint at start is reported by the
         // first real operation (and by preflight), not by refusing to start.
@@ -195,6 +197,7 @@ impl Ec2Cloud {
             identity,
             policy,
             force_detach_grace,
+            poll: PollSchedule::default(),
             subnet_cidr: Mutex::new(None),
             retries: Mutex::new(Vec::new()),
         }
@@ -462,11 +465,22 @@ impl Cloud for Ec2Cloud {
     }
 
     fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, Result<ClaimOutcome, CloudError>> {
+        async move { self.claim_watching(req, ClaimHints::default()).await.result }.boxed()
+    }
+
+    fn claim_watching<'a>(
+        &'a self,
+        req: ClaimRequest,
+        hints: ClaimHints<'a>,
+    ) -> BoxFuture<'a, Watched> {
         async move {
             self.take_retries();
-            let mut out = claim::run_claim(self, req).await;
+            let mut out = claim::run_claim_watching(self, req, hints).await;
             let retried = self.take_retries();
-            match &mut out {
+            if let Some(calls) = out.calls.as_mut() {
+                calls.retries += u32::try_from(retried.len()).unwrap_or(u32::MAX);
+            }
+            match &mut out.result {
                 Ok(ClaimOutcome::Claimed { steps, .. })
                 | Ok(ClaimOutcome::HeldBy { steps, .. }) => steps.extend(retried),
                 Err(_) => {}
@@ -502,6 +516,10 @@ impl Primitives for Ec2Cloud {
                 poll_jitter: jitter,
             },
         }
+    }
+
+    fn poll_schedule(&self) -> PollSchedule {
+        self.poll
     }
 
     /// DescribeNetworkInterfaces; DescribeSubnets too the first time (its answer is cached).

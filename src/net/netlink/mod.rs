@@ -116,6 +116,20 @@ impl NetlinkNet {
         Ok(())
     }
 
+    /// Waits on the prepared subscription (the apply that follows opens its own and finds the
+    /// link by its first dump).
+    async fn do_wait_link(&self, mac: &str) -> Result<(), NetError> {
+        let mac = mac.to_ascii_lowercase();
+        let bytes = parse_mac(&mac)?;
+        let subscription = match self.take_prepared(&mac) {
+            Some(conn) => conn,
+            None => Conn::open(&[MulticastGroup::Link])?,
+        };
+        let deadline = tokio::time::Instant::now() + self.link_timeout;
+        link::wait_for_link(subscription, bytes, &mac, deadline, self.link_timeout).await?;
+        Ok(())
+    }
+
     async fn do_apply(&self, plan: &NetPlan) -> Result<ApplyReport, NetError> {
         let mac = parse_mac(&plan.mac)?;
         let mut steps = vec![Step::now("net: waiting for link")];
@@ -289,6 +303,10 @@ impl Teardown {
 impl HostNet for NetlinkNet {
     fn prepare<'a>(&'a self, mac: &'a str) -> BoxFuture<'a, Result<(), NetError>> {
         Box::pin(self.do_prepare(mac))
+    }
+
+    fn wait_link<'a>(&'a self, mac: &'a str) -> BoxFuture<'a, Result<(), NetError>> {
+        Box::pin(self.do_wait_link(mac))
     }
 
     fn apply<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>> {
