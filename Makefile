@@ -64,7 +64,7 @@ packages: deb rpm
 
 ## Builds both packages, checks their contents and metadata, installs the .deb and exercises it
 ## (needs root, dpkg, rpm, man-db and systemd-analyze; .ci/run installs them).
-package-test:
+package-test: lab-deps
 	packaging/test-packages.sh
 
 ## The lab demo: a whole Availability Zone on this machine, a failover and a yield, narrated.
