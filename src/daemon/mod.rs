@@ -384,17 +384,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     let mut reconcile = tokio::time::interval(settings.network.reconcile_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (checks_tx, checks_rx) = mpsc::channel::<CheckReport>(64);
-    let checks = (!settings.checks.is_empty()).then(|| {
-        let bind = settings.heartbeat.bind.ip();
-        // The corroborating probe leaves from the heartbeat address, the node's primary one.
-        let primary = (!bind.is_unspecified()).then_some(bind);
-        Supervisor::new(
-            &settings.checks,
-            primary,
-            settings.heartbeat.interval,
-            checks_tx,
-        )
-    });
+    let checks = start_checks(&settings, checks_tx);
     let mut inbox = Inbox {
         reloads,
         checks: checks_rx,
@@ -428,6 +418,21 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     let _ = ctl_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), control_task).await;
     info!("enipeer stopped");
+}
+
+/// The service checks' supervisor, when any checks are configured.
+fn start_checks(settings: &Settings, reports: mpsc::Sender<CheckReport>) -> Option<Supervisor> {
+    (!settings.checks.is_empty()).then(|| {
+        let bind = settings.heartbeat.bind.ip();
+        // The corroborating probe leaves from the heartbeat address, the node's primary one.
+        let primary = (!bind.is_unspecified()).then_some(bind);
+        Supervisor::new(
+            &settings.checks,
+            primary,
+            settings.heartbeat.interval,
+            reports,
+        )
+    })
 }
 
 pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig {
