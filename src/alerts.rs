@@ -24,9 +24,10 @@ pub fn log(alert: &Alert, rejected: &str) {
             rejected = %rejected,
             "never heard an authenticated heartbeat from {peer}, which holds the ENI: no forced \
              takeover unless a check shows its service down. Rejected packets say why: bad-mac \
-             means the key files differ (a key mismatch), unknown-group means group.id differs, \
-             stale means clock skew; none at all means the heartbeat port is closed (security \
-             group, firewall) or the peer's agent is down. `enipeer check --preflight` tells"
+             means the two nodes have a different key (a key mismatch), unknown-group means \
+             group.id differs, stale means clock skew; none at all means the heartbeat port is \
+             closed (security group, firewall) or the peer's agent is down. `enipeer check \
+             --preflight` tells which"
         ),
         Alert::Degraded { detail } => warn!(
             detail = %detail,
