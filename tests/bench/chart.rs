@@ -5,6 +5,7 @@
 use std::error::Error;
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::{Agent, Run};
@@ -72,6 +73,22 @@ fn panel(
         .y_label_formatter(&|y| format!("{y:.1} s"))
         .axis_desc_style(("sans-serif", 14))
         .draw()?;
+    runs_and_medians(&mut chart, &mine)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()?;
+    Ok(())
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Each run's bar (detection, then decision → serving, in the agent's colours) and the median
+/// outage per agent and setting, with their legend entries.
+fn runs_and_medians(chart: &mut Chart<'_, '_>, mine: &[&Run]) -> Result<(), Box<dyn Error>> {
     let kinds = [
         (true, false, ENIPEER_LIGHT, "enipeer: detection"),
         (true, true, ENIPEER, "enipeer: decision → serving"),
@@ -114,13 +131,6 @@ fn panel(
         .draw_series(medians)?
         .label("median outage")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], BLACK.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()?;
     Ok(())
 }
 
