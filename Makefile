@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .PHONY: all build release test lint fmt fuzz clean-lab assets deb rpm packages package-test demo measure \
-	lab-deps
+	lab-deps bench
 
 all: build
 
@@ -78,6 +78,14 @@ demo: lab-deps
 measure: LAB_DEPS_ARGS = --lab
 measure: lab-deps
 	$(CARGO) test --quiet --test e2e measure -- --ignored --nocapture
+
+## enipeer against keepalived 2.2 + the AWS CLI recipe in the lab, both cloud profiles, in one
+## sitting (tests/bench.rs): a table and idle cost on stdout, docs/bench.svg and docs/bench.md.
+## BENCH_QUICK=1 runs 2 failovers per setting instead of 10 (instant) / 5 (aws-like). Needs root;
+## installs keepalived and the lab's Python when missing. A benchmark: not part of CI.
+bench: LAB_DEPS_ARGS = --lab keepalived:keepalived
+bench: lab-deps
+	$(CARGO) test --quiet --test bench bench -- --ignored --nocapture
 
 ## Removes a lab left behind by a killed run (its namespaces, and what runs in them).
 clean-lab:

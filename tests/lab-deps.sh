@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the lab need, idempotently; `make lab-deps` runs it, and `make test`,
-# `make demo` and `make measure` depend on that target.
+# `make demo`, `make measure` and `make bench` (with keepalived:keepalived) depend on that target.
 #
 #   tests/lab-deps.sh [--lab] [COMMAND:PACKAGE...]
 #

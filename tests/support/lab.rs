@@ -923,6 +923,21 @@ impl Lab {
         self.client_fetch(Duration::from_millis(300)).as_deref() == Some(side.name())
     }
 
+    /// The lab's state directory (configs, sockets, pid files): where other agents' files go.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cloud front's URL, as the instances reach it (an `--endpoint-url` for the AWS CLI).
+    pub fn front_url() -> String {
+        format!("http://{CLOUD_IP}:{FRONT_PORT}")
+    }
+
+    /// The nginx configuration file of `side` (for `nginx -c FILE -s reload`).
+    pub fn nginx_conf(&self, side: Side) -> &Path {
+        &self.node(side).nginx_conf
+    }
+
     pub fn hotplug_moves(&self) -> usize {
         self.hotplug.moves.load(Ordering::SeqCst)
     }
