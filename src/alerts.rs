@@ -120,17 +120,17 @@ pub fn details(alert: &Alert) -> Vec<(String, String)> {
     match alert {
         Alert::PeerSilentServiceUp { peer, silent } => {
             vec![
-                kv("peer", peer.clone()),
+                kv("peer", peer.to_string()),
                 kv("silent_ms", silent.as_millis().to_string()),
             ]
         }
         Alert::PeerNeverHeard { peer, since_start } => vec![
-            kv("peer", peer.clone()),
+            kv("peer", peer.to_string()),
             kv("since_start_ms", since_start.as_millis().to_string()),
         ],
         Alert::Degraded { detail } => vec![kv("detail", detail.clone())],
         Alert::HandingOverUnhealthy { to, detail } => {
-            vec![kv("to", to.clone()), kv("detail", detail.clone())]
+            vec![kv("to", to.to_string()), kv("detail", detail.clone())]
         }
         Alert::MaintenanceNoPeer { reason } => vec![kv("reason", reason.clone())],
         Alert::HealthChanged { healthy, detail } => {
@@ -139,12 +139,12 @@ pub fn details(alert: &Alert) -> Vec<(String, String)> {
                 kv("detail", detail.clone()),
             ]
         }
-        Alert::PeerLost { peer } | Alert::PeerBack { peer } => vec![kv("peer", peer.clone())],
+        Alert::PeerLost { peer } | Alert::PeerBack { peer } => vec![kv("peer", peer.to_string())],
         Alert::HoldDownStarted { duration } => {
             vec![kv("duration_ms", duration.as_millis().to_string())]
         }
         Alert::HandoverFailed { to, reason } => {
-            vec![kv("to", to.clone()), kv("reason", reason.clone())]
+            vec![kv("to", to.to_string()), kv("reason", reason.clone())]
         }
         Alert::FaultEntered { reason } => vec![kv("reason", reason.clone())],
         Alert::CloudUnreachable { duration } => {

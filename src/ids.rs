@@ -1,5 +1,7 @@
-//! AWS identifiers that enipeer handles, checked for their prefix and shape when parsed so that a
-//! typo in the config is caught at `enipeer check` time rather than at the first failover.
+//! The identifiers enipeer handles: AWS ids (checked for their prefix and shape) and node names.
+//! Each is parsed once at the edge (config, heartbeat decoding, the cloud's answers), so that a
+//! typo in the config is caught at `enipeer check` time rather than at the first failover, and
+//! the core never compares an instance id with a node name.
 
 use std::fmt;
 use std::str::FromStr;
@@ -71,6 +73,18 @@ macro_rules! aws_id {
             }
         }
 
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
@@ -82,9 +96,124 @@ macro_rules! aws_id {
 aws_id!(EniId, "eni-", "network interface");
 aws_id!(InstanceId, "i-", "instance");
 
+/// Longest node name: it travels in every heartbeat.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Why a string is not a valid node name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("{0:?} is {len} bytes long: expected at most {MAX_NAME_LEN}", len = .0.len())]
+    TooLong(String),
+    #[error("{0:?} has characters other than letters, digits, '.', '_' and '-'")]
+    BadCharacter(String),
+}
+
+/// A node's name (`node.name`, `peer[].name`): unique within the group, carried in every
+/// heartbeat and used as the final tie-breaker, so it is short and plain ASCII.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeName(String);
+
+impl NodeName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn check(s: &str) -> Result<(), NameError> {
+        if s.is_empty() {
+            Err(NameError::Empty)
+        } else if s.len() > MAX_NAME_LEN {
+            Err(NameError::TooLong(s.to_owned()))
+        } else if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            Err(NameError::BadCharacter(s.to_owned()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl FromStr for NodeName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        Self::check(s)?;
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for NodeName {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        Self::check(&s)?;
+        Ok(Self(s))
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(n: NodeName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// A valid name is a valid `&str` (the other way needs parsing). Instance ids do not deref, so a
+// function taking a name as `&str` cannot be handed an instance id by mistake.
+impl std::ops::Deref for NodeName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+// Same order, equality and hash as the string itself, so maps keyed by name answer `&str`.
+impl std::borrow::Borrow<str> for NodeName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for NodeName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for NodeName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_names_are_short_plain_ascii() {
+        assert!("node-a.eu_1".parse::<NodeName>().is_ok());
+        assert!("a".repeat(MAX_NAME_LEN).parse::<NodeName>().is_ok());
+        assert_eq!("".parse::<NodeName>(), Err(NameError::Empty));
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(
+            long.parse::<NodeName>(),
+            Err(NameError::TooLong(long.clone()))
+        );
+        for bad in ["node a", "nöde", "a/b", "a:b"] {
+            assert_eq!(
+                bad.parse::<NodeName>(),
+                Err(NameError::BadCharacter(bad.to_owned()))
+            );
+        }
+    }
 
     #[test]
     fn accepts_short_and_long_forms() {

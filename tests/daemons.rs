@@ -538,7 +538,7 @@ fn attack(port: u16) {
     let packet = |sender: &str, seq: u64, ts: u64| Packet {
         header: Header {
             group_id: 7,
-            sender: sender.into(),
+            sender: sender.parse().expect("a valid name"),
             incarnation: 0xfeed,
             seq,
             timestamp_ms: ts,
@@ -546,8 +546,8 @@ fn attack(port: u16) {
         advert: Advert {
             role: Role::Backup,
             priority: 100,
-            instance_id: "i-0000000b".into(),
-            holder: HolderBelief::Instance("i-0000000a".into()),
+            instance_id: "i-0000000b".parse().expect("an instance id"),
+            holder: HolderBelief::Instance("i-0000000a".parse().expect("an instance id")),
             yield_msg: YieldMsg::None,
             stopping_ms: 0,
             wants_master: false,

@@ -3,27 +3,28 @@
 //! encoded packet is caught.
 
 use enipeer::core::advert::{Advert, HolderBelief, Role, YieldMsg};
+use enipeer::ids::{InstanceId, NodeName};
 use enipeer::peer::wire::{
     decode, decode_echo, decode_keys, encode, encode_echo, peek_echo, Echo, EchoKind, EchoStatus,
-    Header, KeyUsed, Keys, Packet, WireError, ECHO_LEN, MAX_PACKET, MAX_STR,
+    Header, KeyUsed, Keys, Packet, WireError, ECHO_LEN, MAX_PACKET,
 };
 use proptest::prelude::*;
 
 const KEY: &[u8] = b"property test key";
 const OLD_KEY: &[u8] = b"the key being rotated out";
 
-fn short_string() -> impl Strategy<Value = String> {
-    // Any Unicode, cut to what the format carries, so multi-byte characters are covered too.
-    prop::collection::vec(any::<char>(), 0..=MAX_STR).prop_map(|chars| {
-        let mut s = String::new();
-        for c in chars {
-            if s.len() + c.len_utf8() > MAX_STR {
-                break;
-            }
-            s.push(c);
-        }
-        s
-    })
+/// Any valid node name: 1 to 32 of the characters the config allows.
+fn node_name() -> impl Strategy<Value = NodeName> {
+    proptest::string::string_regex("[A-Za-z0-9._-]{1,32}")
+        .expect("a valid regex")
+        .prop_map(|s| s.parse().expect("the regex only makes valid names"))
+}
+
+/// Any valid instance id, short (8 hex digits) or long (17).
+fn instance_id() -> impl Strategy<Value = InstanceId> {
+    proptest::string::string_regex("i-([0-9a-f]{8}|[0-9a-f]{17})")
+        .expect("a valid regex")
+        .prop_map(|s| s.parse().expect("the regex only makes valid ids"))
 }
 
 fn role() -> impl Strategy<Value = Role> {
@@ -34,17 +35,17 @@ fn holder() -> impl Strategy<Value = HolderBelief> {
     prop_oneof![
         Just(HolderBelief::Unknown),
         Just(HolderBelief::Nobody),
-        short_string().prop_map(HolderBelief::Instance),
+        instance_id().prop_map(HolderBelief::Instance),
     ]
 }
 
 fn yield_msg() -> impl Strategy<Value = YieldMsg> {
     prop_oneof![
         Just(YieldMsg::None),
-        (any::<u32>(), short_string()).prop_map(|(id, to)| YieldMsg::Offer { id, to }),
-        (any::<u32>(), short_string()).prop_map(|(id, to)| YieldMsg::Accept { id, to }),
-        (any::<u32>(), short_string()).prop_map(|(id, to)| YieldMsg::Reject { id, to }),
-        (any::<u32>(), short_string()).prop_map(|(id, to)| YieldMsg::Released { id, to }),
+        (any::<u32>(), node_name()).prop_map(|(id, to)| YieldMsg::Offer { id, to }),
+        (any::<u32>(), node_name()).prop_map(|(id, to)| YieldMsg::Accept { id, to }),
+        (any::<u32>(), node_name()).prop_map(|(id, to)| YieldMsg::Reject { id, to }),
+        (any::<u32>(), node_name()).prop_map(|(id, to)| YieldMsg::Released { id, to }),
     ]
 }
 
@@ -52,7 +53,7 @@ prop_compose! {
     fn advert()(
         role in role(),
         priority in any::<u8>(),
-        instance_id in short_string(),
+        instance_id in instance_id(),
         holder in holder(),
         yield_msg in yield_msg(),
         stopping_ms in any::<u32>(),
@@ -70,7 +71,7 @@ prop_compose! {
 prop_compose! {
     fn packet()(
         group_id in any::<u32>(),
-        sender in short_string(),
+        sender in node_name(),
         incarnation in any::<u64>(),
         seq in any::<u64>(),
         timestamp_ms in any::<u64>(),
@@ -83,7 +84,7 @@ prop_compose! {
 prop_compose! {
     fn header()(
         group_id in any::<u32>(),
-        sender in short_string(),
+        sender in node_name(),
         incarnation in any::<u64>(),
         seq in any::<u64>(),
         timestamp_ms in any::<u64>(),

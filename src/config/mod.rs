@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use humantime::format_duration;
 
-use crate::ids::{EniId, InstanceId};
+use crate::ids::{EniId, InstanceId, NodeName};
 
 pub use check::{
     CheckHost, CheckSettings, ExecProbe, HttpProbe, ProbeSpec, StatusRange, TcpProbe,
@@ -61,7 +61,7 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeSettings {
     /// Unique within the group; carried in heartbeats and used as the final tie-breaker.
-    pub name: String,
+    pub name: NodeName,
     /// 1..=254, higher wins elections (and, with preempt, takes over from a lower master).
     pub priority: u8,
     /// Overrides the instance id from instance metadata.
@@ -73,7 +73,7 @@ pub struct NodeSettings {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerSettings {
-    pub name: String,
+    pub name: NodeName,
     /// Where heartbeats are sent; the port defaults to `heartbeat.port` when the file gives an
     /// address without one.
     pub addresses: Vec<SocketAddr>,

@@ -11,14 +11,12 @@ use humantime::format_duration;
 
 use super::raw::*;
 use super::*;
-use crate::ids::{EniId, InstanceId};
+use crate::ids::{EniId, InstanceId, NodeName};
 
 const DEFAULT_PORT: u16 = 7460;
 const DEFAULT_KEY_FILE: &str = "/etc/enipeer/peer.key";
 const DEFAULT_STATE_DIR: &str = "/var/lib/enipeer";
 use super::DEFAULT_SOCKET;
-/// Longest node name: it travels in every heartbeat.
-const MAX_NAME_LEN: usize = 32;
 /// IFNAMSIZ - 1.
 const MAX_IFNAME_LEN: usize = 15;
 
@@ -125,34 +123,18 @@ impl Checker {
         default
     }
 
-    fn name(&mut self, key: &str, value: Option<&str>) -> String {
+    /// A node name; `None` (with the problem recorded) when it is missing or invalid.
+    fn name(&mut self, key: &str, value: Option<&str>) -> Option<NodeName> {
         let Some(name) = value else {
             self.push(
                 key,
                 "missing: every node needs a name, e.g. name = \"node-a\"",
             );
-            return String::new();
+            return None;
         };
-        if name.is_empty() {
-            self.push(key, "must not be empty");
-        } else if name.len() > MAX_NAME_LEN {
-            self.push(
-                key,
-                format!(
-                    "{name:?} is {} bytes long: expected at most {MAX_NAME_LEN}",
-                    name.len()
-                ),
-            );
-        } else if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            self.push(
-                key,
-                format!("{name:?} has characters other than letters, digits, '.', '_' and '-'"),
-            );
-        }
-        name.to_owned()
+        name.parse::<NodeName>()
+            .map_err(|e| self.push(key, e.to_string()))
+            .ok()
     }
 
     fn instance_id(&mut self, key: &str, value: Option<&str>) -> Option<InstanceId> {
@@ -244,18 +226,25 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
     if node_raw.is_none() {
         missing_table(&mut c, failed, "node");
     }
-    let node = node_raw.map(|n| NodeSettings {
-        name: c.name("node.name", n.name.as_deref()),
-        priority: c.int(
+    let node = node_raw.and_then(|n| {
+        // Every field is checked, so one run reports all of [node]'s problems.
+        let name = c.name("node.name", n.name.as_deref());
+        let priority = c.int(
             "node.priority",
             n.priority,
             100,
             1,
             254,
             "(higher wins elections)",
-        ),
-        instance_id: c.instance_id("node.instance-id", n.instance_id.as_deref()),
-        state_dir: state_dir(&mut c, n.state_dir.as_deref()),
+        );
+        let instance_id = c.instance_id("node.instance-id", n.instance_id.as_deref());
+        let state_dir = state_dir(&mut c, n.state_dir.as_deref());
+        Some(NodeSettings {
+            name: name?,
+            priority,
+            instance_id,
+            state_dir,
+        })
     });
 
     // [heartbeat] comes before the peers: it supplies their default port.
@@ -532,17 +521,21 @@ fn peers(
     for (i, p) in list.iter().enumerate() {
         let key = format!("peer[{i}]");
         let name = c.name(&format!("{key}.name"), p.name.as_deref());
-        if !name.is_empty() {
-            if let Some(j) = out.iter().position(|o| o.name == name) {
+        if let Some(name) = &name {
+            // Positions in the file, not in `out`: a peer with an invalid name is left out of it.
+            let earlier = list[..i]
+                .iter()
+                .position(|o| o.name.as_deref() == Some(name.as_str()));
+            if let Some(j) = earlier {
                 c.push(
                     format!("{key}.name"),
-                    format!("{name:?} is already used by peer[{j}]: peer names must be unique"),
+                    format!("\"{name}\" is already used by peer[{j}]: peer names must be unique"),
                 );
             }
-            if node.is_some_and(|n| n.name == name) {
+            if node.is_some_and(|n| n.name == *name) {
                 c.push(
                     format!("{key}.name"),
-                    format!("{name:?} is this node's own name (node.name)"),
+                    format!("\"{name}\" is this node's own name (node.name)"),
                 );
             }
         }
@@ -606,11 +599,13 @@ fn peers(
                 );
             }
         }
-        out.push(PeerSettings {
-            name,
-            addresses,
-            instance_id,
-        });
+        if let Some(name) = name {
+            out.push(PeerSettings {
+                name,
+                addresses,
+                instance_id,
+            });
+        }
     }
     out
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{InstanceId, NodeName};
+
 /// A node's role as advertised on the wire. Stable numeric codes: they are part of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -59,7 +61,7 @@ pub enum HolderBelief {
     /// Detached: nobody holds it.
     Nobody,
     /// Attached to this instance id.
-    Instance(String),
+    Instance(InstanceId),
 }
 
 /// The yield (orderly handover) conversation, carried in heartbeats so that it survives the loss
@@ -71,33 +73,33 @@ pub enum YieldMsg {
     /// Master → target: please take over. `id` tells requests apart.
     Offer {
         id: u32,
-        to: String,
+        to: NodeName,
     },
     /// Target → master: ready, release it.
     Accept {
         id: u32,
-        to: String,
+        to: NodeName,
     },
     /// Target → master: cannot take over (fault, not healthy).
     Reject {
         id: u32,
-        to: String,
+        to: NodeName,
     },
     /// Old master → target: detached and deconfigured, claim it now.
     Released {
         id: u32,
-        to: String,
+        to: NodeName,
     },
 }
 
 impl YieldMsg {
-    pub fn addressed_to(&self) -> Option<(&str, u32)> {
+    pub fn addressed_to(&self) -> Option<(&NodeName, u32)> {
         match self {
             YieldMsg::None => None,
             YieldMsg::Offer { id, to }
             | YieldMsg::Accept { id, to }
             | YieldMsg::Reject { id, to }
-            | YieldMsg::Released { id, to } => Some((to.as_str(), *id)),
+            | YieldMsg::Released { id, to } => Some((to, *id)),
         }
     }
 }
@@ -108,7 +110,7 @@ pub struct Advert {
     pub role: Role,
     pub priority: u8,
     /// The sender's own EC2 instance id, so peers can map the cloud's answers to node names.
-    pub instance_id: String,
+    pub instance_id: InstanceId,
     pub holder: HolderBelief,
     pub yield_msg: YieldMsg,
     /// Non-zero when the sender is stopping and intends to be back within this many ms (a daemon

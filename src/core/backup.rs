@@ -23,6 +23,7 @@ use super::events::{Action, ClaimKind, CloudView, Time};
 use super::health::Alert;
 use super::role::State;
 use super::{HolderBelief, Node};
+use crate::ids::{InstanceId, NodeName};
 
 impl Node {
     pub(super) fn tick_backup(&mut self, now: Time, out: &mut Vec<Action>) {
@@ -91,7 +92,7 @@ impl Node {
     }
 
     /// A peer holds the ENI: force it off only if that peer is dead and this node is next.
-    fn maybe_take_over(&mut self, instance: String, now: Time, out: &mut Vec<Action>) {
+    fn maybe_take_over(&mut self, instance: InstanceId, now: Time, out: &mut Vec<Action>) {
         let Some(holder) = self.peers.by_instance(&instance, &self.cfg.instance_id) else {
             // Not one of ours: never take an ENI from an instance we know nothing of.
             return;
@@ -167,7 +168,7 @@ impl Node {
         }
     }
 
-    fn set_silent_but_serving(&mut self, peer: Option<String>) {
+    fn set_silent_but_serving(&mut self, peer: Option<NodeName>) {
         if let State::Backup(b) = &mut self.state {
             if peer.is_none() && b.silent_but_serving.is_some() {
                 self.alerts.clear("peer-silent-service-up");

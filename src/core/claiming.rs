@@ -5,12 +5,13 @@
 use super::events::{Action, ClaimKind, ClaimResult, Failure, Time};
 use super::role::State;
 use super::{HolderBelief, Node};
+use crate::ids::InstanceId;
 
 impl Node {
     /// Asks the cloud to attach the ENI here, replacing `expected_holder` (and only it).
     pub(super) fn claim(
         &mut self,
-        expected_holder: Option<String>,
+        expected_holder: Option<InstanceId>,
         force: bool,
         kind: ClaimKind,
         reason: String,
@@ -55,7 +56,7 @@ impl Node {
         }
     }
 
-    fn lost_race(&mut self, instance: String, now: Time, out: &mut Vec<Action>) {
+    fn lost_race(&mut self, instance: InstanceId, now: Time, out: &mut Vec<Action>) {
         self.holder = HolderBelief::Instance(instance.clone());
         let who = self.peers.by_instance(&instance, &self.cfg.instance_id);
         let audible = who
@@ -70,7 +71,7 @@ impl Node {
             // Give the winner a full dead interval before judging it.
             p.last_heard = Some(p.last_heard.map_or(now, |h| h.max(now)));
         }
-        let who = who.unwrap_or(instance);
+        let who = who.map_or_else(|| instance.to_string(), String::from);
         // As at start: an earlier run of this node may have left host config behind.
         out.push(Action::RemoveNet);
         self.become_backup(

@@ -2,14 +2,16 @@
 
 use std::time::Duration;
 
+use crate::ids::{InstanceId, NodeName};
+
 /// What the core needs from the configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoreConfig {
-    pub name: String,
+    pub name: NodeName,
     pub priority: u8,
-    pub instance_id: String,
+    pub instance_id: InstanceId,
     /// Peer names, and their instance ids where the config gives them.
-    pub peers: Vec<(String, Option<String>)>,
+    pub peers: Vec<(NodeName, Option<InstanceId>)>,
     pub heartbeat_interval: Duration,
     pub dead_interval: Duration,
     pub preempt: bool,
@@ -31,14 +33,19 @@ pub struct CoreConfig {
 
 impl CoreConfig {
     /// Short, test-friendly timings (a 10 s hold-down instead of the file default of 30 s).
+    ///
+    /// Panics on an invalid name or instance id: it is for tests and examples with literal
+    /// values, never for input.
     pub fn example(name: &str, instance_id: &str, peers: &[(&str, Option<&str>)]) -> Self {
+        let name_of = |n: &str| n.parse::<NodeName>().expect("example node name");
+        let id_of = |i: &str| i.parse::<InstanceId>().expect("example instance id");
         CoreConfig {
-            name: name.into(),
+            name: name_of(name),
             priority: 100,
-            instance_id: instance_id.into(),
+            instance_id: id_of(instance_id),
             peers: peers
                 .iter()
-                .map(|(n, i)| (n.to_string(), i.map(str::to_string)))
+                .map(|(n, i)| (name_of(n), i.map(id_of)))
                 .collect(),
             heartbeat_interval: Duration::from_millis(200),
             dead_interval: Duration::from_millis(1000),

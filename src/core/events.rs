@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::advert::{Advert, Role};
 use super::health::Alert;
+use crate::ids::{InstanceId, NodeName};
 
 /// Monotonic time since an arbitrary origin, supplied by the caller.
 pub type Time = Duration;
@@ -13,14 +14,14 @@ pub type Time = Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloudView {
     Nobody,
-    Holder(String),
+    Holder(InstanceId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimResult {
     Claimed,
     /// Someone else holds it: lost race, or a holder we did not expect.
-    HeldBy(String),
+    HeldBy(InstanceId),
 }
 
 /// A failed cloud call as the core sees it: the message for the log and whether trying again
@@ -55,7 +56,7 @@ pub enum Event {
     Tick,
     /// An authenticated, non-replayed heartbeat.
     Heartbeat {
-        peer: String,
+        peer: NodeName,
         advert: Advert,
         incarnation: u64,
     },
@@ -143,7 +144,7 @@ pub enum Action {
     SendHeartbeat,
     QueryCloud,
     Claim {
-        expected_holder: Option<String>,
+        expected_holder: Option<InstanceId>,
         force: bool,
         kind: ClaimKind,
         reason: String,

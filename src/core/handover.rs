@@ -12,12 +12,13 @@ use super::advert::{Advert, Role, YieldMsg};
 use super::events::{Action, ClaimKind, HookKind, Time};
 use super::role::{Backup, Master, Release, State};
 use super::{HolderBelief, Node};
+use crate::ids::NodeName;
 
 /// A handover this node runs as the giving side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Handover {
     pub id: u32,
-    pub to: String,
+    pub to: NodeName,
     /// The control request to answer, if an operator asked.
     pub token: Option<u64>,
     pub deadline: Time,
@@ -37,7 +38,7 @@ pub(super) enum After {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Accepted {
     pub id: u32,
-    pub from: String,
+    pub from: NodeName,
     pub deadline: Time,
 }
 
@@ -45,7 +46,7 @@ pub(super) struct Accepted {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Reject {
     pub id: u32,
-    pub to: String,
+    pub to: NodeName,
     pub until: Time,
 }
 
@@ -102,7 +103,7 @@ impl Node {
     /// A peer's heartbeat, as a step of a handover conversation.
     pub(super) fn on_handover_message(
         &mut self,
-        name: &str,
+        name: &NodeName,
         advert: &Advert,
         now: Time,
         out: &mut Vec<Action>,
@@ -110,7 +111,7 @@ impl Node {
         let Some((to, id)) = advert.yield_msg.addressed_to() else {
             return self.watch_for_new_master(name, advert, out);
         };
-        if to != self.cfg.name {
+        if *to != self.cfg.name {
             return self.watch_for_new_master(name, advert, out);
         }
         match &advert.yield_msg {
@@ -123,7 +124,7 @@ impl Node {
         self.watch_for_new_master(name, advert, out);
     }
 
-    fn on_offer(&mut self, from: &str, id: u32, now: Time, out: &mut Vec<Action>) {
+    fn on_offer(&mut self, from: &NodeName, id: u32, now: Time, out: &mut Vec<Action>) {
         let deadline = now + self.cfg.handover_timeout;
         let reject_until = now + self.cfg.dead_interval * 2;
         let healthy = self.health.healthy;
@@ -132,7 +133,7 @@ impl Node {
                 if b.accepted.as_ref().map(|a| a.id) == Some(id) {
                     return;
                 }
-                let from = from.to_string();
+                let from = from.clone();
                 b.accepted = Some(Accepted { id, from, deadline });
             }
             // A node whose own checks fail cannot serve what it would be handed.
@@ -141,7 +142,7 @@ impl Node {
             | State::Fault { rejecting, .. }
                 if rejecting.as_ref().map(|r| r.id) != Some(id) =>
             {
-                let to = from.to_string();
+                let to = from.clone();
                 *rejecting = Some(Reject {
                     id,
                     to,
@@ -328,7 +329,7 @@ impl Node {
 
     pub(super) fn new_handover(
         &mut self,
-        to: String,
+        to: NodeName,
         token: Option<u64>,
         deadline: Time,
         then: After,
@@ -370,7 +371,7 @@ impl Node {
         let to = self
             .peers
             .best(&self.cfg, now, None)
-            .map(|(_, n)| n.to_string());
+            .map(|(_, n)| n.clone());
         let result = match (refusal, to) {
             (Some(msg), _) => Err(msg),
             (None, None) => Err("no live peer that could take over".into()),
@@ -389,7 +390,7 @@ impl Node {
         let mode = match &self.state {
             State::Master(m) if handover && m.handover.is_none() => {
                 if let Some((_, to)) = self.peers.best(&self.cfg, now, None) {
-                    let to = to.to_string();
+                    let to = to.clone();
                     self.stopping = Some(StopMode::Handover);
                     let deadline = now + self.cfg.handover_timeout;
                     let h = self.new_handover(to, None, deadline, After::Exit);
@@ -507,7 +508,7 @@ impl Node {
         let to = self
             .peers
             .best(&self.cfg, now, None)
-            .map(|(_, n)| n.to_string());
+            .map(|(_, n)| n.clone());
         match to {
             Some(to) => {
                 self.maintenance = Some(reason);

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::events::Time;
+use crate::ids::NodeName;
 
 /// How often a standing condition (peer silent but serving, degraded master) is warned about.
 pub const ALERT_EVERY: Duration = Duration::from_secs(10);
@@ -77,26 +78,29 @@ impl ProbeHistory {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Alert {
     /// The holder's heartbeats are silent but its service answers through the ENI: no takeover.
-    PeerSilentServiceUp { peer: String, silent: Duration },
+    PeerSilentServiceUp { peer: NodeName, silent: Duration },
     /// The holder has never been heard since this node started and nothing corroborates that it
     /// is down: no forced takeover.
-    PeerNeverHeard { peer: String, since_start: Duration },
+    PeerNeverHeard {
+        peer: NodeName,
+        since_start: Duration,
+    },
     /// This master's checks fail and no healthy peer can take over: it keeps serving, badly.
     Degraded { detail: String },
     /// This master's checks fail: handing the ENI to a healthy peer.
-    HandingOverUnhealthy { to: String, detail: String },
+    HandingOverUnhealthy { to: NodeName, detail: String },
     /// This master is in maintenance but no healthy peer can take over yet: it keeps the ENI.
     MaintenanceNoPeer { reason: String },
     /// This node's own checks changed state.
     HealthChanged { healthy: bool, detail: String },
     /// A peer that was alive is dead now (redundancy is gone while it lasts).
-    PeerLost { peer: String },
+    PeerLost { peer: NodeName },
     /// A peer that was lost is heard again.
-    PeerBack { peer: String },
+    PeerBack { peer: NodeName },
     /// This node holds off from forced takeovers for `duration` after losing the ENI.
     HoldDownStarted { duration: Duration },
     /// A handover (yield, maintenance, preempt, health) did not complete.
-    HandoverFailed { to: String, reason: String },
+    HandoverFailed { to: NodeName, reason: String },
     /// This node entered fault.
     FaultEntered { reason: String },
     /// No cloud query has succeeded for `duration`.

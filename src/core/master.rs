@@ -64,7 +64,7 @@ impl Node {
         let to = self
             .peers
             .best(&self.cfg, now, None)
-            .map(|(_, n)| n.to_string());
+            .map(|(_, n)| n.clone());
         let (detail, no_peer) = match &self.maintenance {
             Some(reason) if self.health.healthy => (
                 format!("maintenance: {reason}"),

@@ -57,6 +57,8 @@ use peers::Peers;
 use role::{NetPhase, State};
 use timers::{ClaimBackoff, CloudPoll, HoldDown};
 
+use crate::ids::{InstanceId, NodeName};
+
 /// One node's failover state machine.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -82,7 +84,7 @@ pub struct Node {
     /// In maintenance (with the operator's reason): never claims, hands over as master.
     maintenance: Option<String>,
     /// Peers last seen alive (to tell "lost" and "back" apart), and the lost ones.
-    peers_alive: std::collections::BTreeMap<String, bool>,
+    peers_alive: std::collections::BTreeMap<NodeName, bool>,
     /// Since when every cloud query has failed.
     cloud_failing_since: Option<Time>,
 }
@@ -185,9 +187,9 @@ impl Node {
     }
 
     /// The silent peer whose service still answers through the ENI, while that lasts.
-    pub fn silent_but_serving(&self) -> Option<&str> {
+    pub fn silent_but_serving(&self) -> Option<&NodeName> {
         match &self.state {
-            State::Backup(b) => b.silent_but_serving.as_deref(),
+            State::Backup(b) => b.silent_but_serving.as_ref(),
             _ => None,
         }
     }
@@ -327,7 +329,7 @@ impl Node {
 
     fn on_heartbeat(
         &mut self,
-        name: &str,
+        name: &NodeName,
         advert: Advert,
         incarnation: u64,
         now: Time,
@@ -531,27 +533,27 @@ impl Node {
     }
 
     /// A peer's name for an instance id, or the id itself.
-    fn who(&self, instance: &str) -> String {
+    fn who(&self, instance: &InstanceId) -> String {
         self.peers
             .by_instance(instance, &self.cfg.instance_id)
-            .unwrap_or_else(|| instance.to_string())
+            .map_or_else(|| instance.to_string(), String::from)
     }
 
     /// The best live candidate for the ENI among this node and its peers, `except` one.
-    fn best_candidate(&self, now: Time, except: Option<&str>) -> Option<String> {
+    fn best_candidate(&self, now: Time, except: Option<&str>) -> Option<NodeName> {
         let me_ok =
             !matches!(self.state, State::Fault { .. }) && self.stopping.is_none() && self.fit();
-        let me = me_ok.then_some((self.cfg.priority, self.cfg.name.as_str()));
+        let me = me_ok.then_some((self.cfg.priority, &self.cfg.name));
         let best = match (me, self.peers.best(&self.cfg, now, except)) {
-            (Some(m), Some(p)) if peers::better(p.0, p.1, m.0, m.1) => Some(p),
+            (Some(m), Some(p)) if peers::better(p.0, p.1.as_str(), m.0, m.1.as_str()) => Some(p),
             (Some(m), _) => Some(m),
             (None, p) => p,
         };
-        best.map(|(_, n)| n.to_string())
+        best.map(|(_, n)| n.clone())
     }
 
     fn is_best_candidate(&self, now: Time, except: Option<&str>) -> bool {
-        self.best_candidate(now, except).as_deref() == Some(self.cfg.name.as_str())
+        self.best_candidate(now, except).as_ref() == Some(&self.cfg.name)
     }
 }
 

@@ -8,12 +8,13 @@ use std::time::Duration;
 use super::advert::{Advert, Role};
 use super::config::CoreConfig;
 use super::events::Time;
+use crate::ids::{InstanceId, NodeName};
 
 /// What this node knows about one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerState {
-    pub name: String,
-    pub instance_id: Option<String>,
+    pub name: NodeName,
+    pub instance_id: Option<InstanceId>,
     pub last_heard: Option<Time>,
     pub advert: Option<Advert>,
     pub incarnation: Option<u64>,
@@ -23,7 +24,7 @@ pub struct PeerState {
 
 #[derive(Debug, Clone)]
 pub(super) struct Peers {
-    map: BTreeMap<String, PeerState>,
+    map: BTreeMap<NodeName, PeerState>,
     /// When this node started: a peer never heard gets one dead interval from then.
     started: Time,
 }
@@ -76,9 +77,7 @@ impl Peers {
         }
         peer.last_heard = Some(now);
         peer.incarnation = Some(incarnation);
-        if !advert.instance_id.is_empty() {
-            peer.instance_id = Some(advert.instance_id.clone());
-        }
+        peer.instance_id = Some(advert.instance_id.clone());
         peer.advert = Some(advert.clone());
         true
     }
@@ -130,14 +129,19 @@ impl Peers {
 
     /// The best peer to hand the ENI to (or that would claim it), `except` one, as
     /// (priority, name).
-    pub fn best(&self, cfg: &CoreConfig, now: Time, except: Option<&str>) -> Option<(u8, &str)> {
-        let mut best: Option<(u8, &str)> = None;
+    pub fn best(
+        &self,
+        cfg: &CoreConfig,
+        now: Time,
+        except: Option<&str>,
+    ) -> Option<(u8, &NodeName)> {
+        let mut best: Option<(u8, &NodeName)> = None;
         for p in self.map.values() {
             if Some(p.name.as_str()) == except || !self.candidate(p, cfg, now) {
                 continue;
             }
             let prio = p.advert.as_ref().map_or(0, |a| a.priority);
-            if best.is_none_or(|(bp, bn)| better(prio, &p.name, bp, bn)) {
+            if best.is_none_or(|(bp, bn)| better(prio, p.name.as_str(), bp, bn.as_str())) {
                 best = Some((prio, &p.name));
             }
         }
@@ -146,11 +150,11 @@ impl Peers {
 
     /// Which peer an instance id belongs to. With one peer whose id is not known yet, an
     /// unknown holder can only be that peer (a two-node group after a restart of this node).
-    pub fn by_instance(&self, instance: &str, me: &str) -> Option<String> {
+    pub fn by_instance(&self, instance: &InstanceId, me: &InstanceId) -> Option<NodeName> {
         if let Some(p) = self
             .map
             .values()
-            .find(|p| p.instance_id.as_deref() == Some(instance))
+            .find(|p| p.instance_id.as_ref() == Some(instance))
         {
             return Some(p.name.clone());
         }

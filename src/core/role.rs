@@ -4,6 +4,7 @@
 use super::advert::Role;
 use super::events::{ClaimKind, Time};
 use super::handover::{Accepted, Handover, Reject};
+use crate::ids::NodeName;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum State {
@@ -46,7 +47,7 @@ pub(super) struct Backup {
     /// An offer refused because this node's own checks fail.
     pub rejecting: Option<Reject>,
     /// The holder is silent but its service answers through the ENI: shown, warned, no claim.
-    pub silent_but_serving: Option<String>,
+    pub silent_but_serving: Option<NodeName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,9 @@ impl Node {
             self.claim_detached(now, out);
             return;
         }
-        let best = self.best_candidate(now, None).unwrap_or_default();
+        let best = self
+            .best_candidate(now, None)
+            .map_or_else(String::new, String::from);
         out.push(Action::RemoveNet);
         self.become_backup(
             format!("nobody holds the ENI; {best} is the better candidate"),

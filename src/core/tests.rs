@@ -27,7 +27,7 @@ pub(super) fn node_b_corroborated() -> Node {
 
 pub(super) fn heartbeat(from: &Node, name: &str) -> Event {
     Event::Heartbeat {
-        peer: name.into(),
+        peer: name.parse().unwrap(),
         advert: from.advert(),
         incarnation: 1,
     }
@@ -38,13 +38,18 @@ pub(super) fn has(actions: &[Action], pred: impl Fn(&Action) -> bool) -> bool {
 }
 
 pub(super) fn claim_of(actions: &[Action]) -> Option<(Option<String>, bool, ClaimKind)> {
+    // Ids as text, so the tests compare with literals.
     actions.iter().find_map(|a| match a {
         Action::Claim {
             expected_holder,
             force,
             kind,
             ..
-        } => Some((expected_holder.clone(), *force, *kind)),
+        } => Some((
+            expected_holder.as_ref().map(|i| i.to_string()),
+            *force,
+            *kind,
+        )),
         _ => None,
     })
 }
@@ -62,8 +67,14 @@ pub(super) fn master_a(now: Time) -> (Node, Node) {
     let mut b = node_b();
     a.start(ms(0));
     b.start(ms(0));
-    a.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
-    b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    a.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
+    b.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
     a.handle(Event::NetApplied(Ok(())), ms(20));
     a.handle(heartbeat(&b, "node-b"), now);
     b.handle(heartbeat(&a, "node-a"), now);
@@ -88,7 +99,10 @@ fn start_asks_the_cloud_and_heartbeats() {
 fn adopts_an_eni_already_attached_here_without_claiming() {
     let mut a = node_a();
     a.start(ms(0));
-    let out = a.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(5));
+    let out = a.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(5),
+    );
     assert_eq!(a.role(), Role::Master);
     assert!(
         claim_of(&out).is_none(),
@@ -147,7 +161,10 @@ fn backup_while_the_holder_is_alive_then_claims_with_force_when_it_is_silent() {
 fn a_holder_never_heard_is_not_forced_off_on_silence_alone() {
     let mut b = node_b();
     b.start(ms(0));
-    b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    b.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
     assert_eq!(b.role(), Role::Backup);
     let out = b.handle(Event::Tick, ms(1100));
     assert!(
@@ -170,7 +187,10 @@ fn a_holder_never_heard_is_not_forced_off_on_silence_alone() {
 fn a_holder_never_heard_is_replaced_once_the_probe_says_its_service_is_down() {
     let mut b = node_b_corroborated();
     b.start(ms(0));
-    b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    b.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
     b.handle(
         Event::EniProbe {
             sent: ms(500),
@@ -240,7 +260,10 @@ fn a_lost_race_against_an_unheard_winner_holds_down_but_not_against_a_heard_one(
     a.handle(Event::CloudState(Ok(CloudView::Nobody)), ms(10));
     a.handle(Event::Tick, ms(700));
     assert_eq!(a.role(), Role::Claiming);
-    a.handle(Event::ClaimDone(Ok(ClaimResult::HeldBy(B.into()))), ms(750));
+    a.handle(
+        Event::ClaimDone(Ok(ClaimResult::HeldBy(B.parse().unwrap()))),
+        ms(750),
+    );
     assert_eq!(a.role(), Role::Backup);
     assert!(a.hold_down_left(ms(750)).is_some(), "partition suspected");
     // Even after the winner's dead interval, no claim during the hold-down.
@@ -254,7 +277,10 @@ fn a_lost_race_against_an_unheard_winner_holds_down_but_not_against_a_heard_one(
     a2.handle(Event::CloudState(Ok(CloudView::Nobody)), ms(10));
     a2.handle(heartbeat(&b, "node-b"), ms(600));
     if a2.role() == Role::Claiming {
-        a2.handle(Event::ClaimDone(Ok(ClaimResult::HeldBy(B.into()))), ms(650));
+        a2.handle(
+            Event::ClaimDone(Ok(ClaimResult::HeldBy(B.parse().unwrap()))),
+            ms(650),
+        );
         assert!(a2.hold_down_left(ms(650)).is_none());
     }
 }
@@ -262,7 +288,10 @@ fn a_lost_race_against_an_unheard_winner_holds_down_but_not_against_a_heard_one(
 #[test]
 fn master_that_loses_the_eni_steps_down_at_once_and_hold_down_grows() {
     let (mut a, _) = master_a(ms(100));
-    let out = a.handle(Event::CloudState(Ok(CloudView::Holder(B.into()))), ms(200));
+    let out = a.handle(
+        Event::CloudState(Ok(CloudView::Holder(B.parse().unwrap()))),
+        ms(200),
+    );
     assert_eq!(a.role(), Role::Backup);
     assert!(out.contains(&Action::RemoveNet));
     assert!(has(&out, |x| matches!(
@@ -497,7 +526,10 @@ fn preempt_waits_the_delay_then_takes_over_by_handover() {
     cfg.preempt_delay = Duration::from_secs(3);
     let mut b = Node::new(cfg, ms(0));
     b.start(ms(0));
-    b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    b.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
     let mut t = 100;
     while t < 3000 {
         b.handle(heartbeat(&a, "node-a"), ms(t));
@@ -528,7 +560,10 @@ fn without_preempt_a_higher_priority_backup_stays_backup() {
     cfg.priority = 200;
     let mut b = Node::new(cfg, ms(0));
     b.start(ms(0));
-    b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    b.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
     for t in (100..60_000).step_by(200) {
         b.handle(heartbeat(&a, "node-a"), ms(t));
         a.handle(heartbeat(&b, "node-b"), ms(t));
@@ -542,7 +577,10 @@ fn without_preempt_a_higher_priority_backup_stays_backup() {
 fn host_network_failures_give_the_eni_up_then_fault_then_start_over() {
     let mut a = node_a();
     a.start(ms(0));
-    a.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    a.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
     a.handle(Event::NetApplied(Err("no link".into())), ms(20));
     assert_eq!(a.role(), Role::Master);
     let out = a.handle(Event::Tick, ms(1020));
@@ -599,7 +637,10 @@ fn a_failed_claim_backs_off_before_trying_again() {
     let mut b = node_b();
     let a = node_a();
     b.start(ms(0));
-    b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    b.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
     b.handle(heartbeat(&a, "node-a"), ms(20));
     b.handle(Event::Tick, ms(1100));
     assert_eq!(b.role(), Role::Claiming);
@@ -615,7 +656,7 @@ fn never_takes_the_eni_from_an_unknown_instance() {
     let mut a = Node::new(cfg, ms(0));
     a.start(ms(0));
     a.handle(
-        Event::CloudState(Ok(CloudView::Holder("i-0000ffff".into()))),
+        Event::CloudState(Ok(CloudView::Holder("i-0000ffff".parse().unwrap()))),
         ms(10),
     );
     assert_eq!(a.role(), Role::Backup);
@@ -629,7 +670,10 @@ fn two_masters_make_the_master_ask_the_cloud() {
     let (mut a, _) = master_a(ms(100));
     let mut rogue = node_b();
     rogue.start(ms(0));
-    rogue.handle(Event::CloudState(Ok(CloudView::Holder(B.into()))), ms(10));
+    rogue.handle(
+        Event::CloudState(Ok(CloudView::Holder(B.parse().unwrap()))),
+        ms(10),
+    );
     assert_eq!(rogue.role(), Role::Master);
     let out = a.handle(heartbeat(&rogue, "node-b"), ms(200));
     assert!(out.contains(&Action::QueryCloud));
@@ -676,7 +720,10 @@ fn a_cloud_answer_older_than_a_lost_link_is_discarded_and_asked_again() {
     a.handle(Event::LinkLost, ms(5150));
     assert_eq!(a.role(), Role::Backup);
     // The answer to the query sent before the link vanished still says "here".
-    let out = a.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(5160));
+    let out = a.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(5160),
+    );
     assert_eq!(
         a.role(),
         Role::Backup,
@@ -684,8 +731,11 @@ fn a_cloud_answer_older_than_a_lost_link_is_discarded_and_asked_again() {
     );
     assert!(out.contains(&Action::QueryCloud), "asked again");
     // The fresh answer counts.
-    a.handle(Event::CloudState(Ok(CloudView::Holder(B.into()))), ms(5200));
-    assert_eq!(a.holder(), &HolderBelief::Instance(B.into()));
+    a.handle(
+        Event::CloudState(Ok(CloudView::Holder(B.parse().unwrap()))),
+        ms(5200),
+    );
+    assert_eq!(a.holder(), &HolderBelief::Instance(B.parse().unwrap()));
 }
 
 #[test]
@@ -723,7 +773,10 @@ fn an_interrupted_handover_is_answered_exactly_once() {
 fn starting_as_backup_clears_host_config_left_by_an_earlier_run() {
     let mut b = node_b();
     b.start(ms(0));
-    let out = b.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    let out = b.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
     assert_eq!(b.role(), Role::Backup);
     assert!(out.contains(&Action::RemoveNet));
 }
@@ -732,7 +785,10 @@ fn starting_as_backup_clears_host_config_left_by_an_earlier_run() {
 fn a_master_that_cannot_apply_its_host_network_never_starts_the_master_hook() {
     let mut a = node_a();
     a.start(ms(0));
-    let mut all = a.handle(Event::CloudState(Ok(CloudView::Holder(A.into()))), ms(10));
+    let mut all = a.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
     for (t, tick) in [(20, 1020), (1030, 2030)] {
         all.extend(a.handle(Event::NetApplied(Err("no link".into())), ms(t)));
         all.extend(a.handle(Event::Tick, ms(tick)));

@@ -14,6 +14,7 @@ use crate::cloud::ClaimRequest;
 use crate::control::Response;
 use crate::core::{Action, ClaimKind, HookKind, Role};
 use crate::hooks::{HookEnv, Transition};
+use crate::ids::InstanceId;
 use crate::timeline::Kind;
 
 impl Daemon {
@@ -67,7 +68,7 @@ impl Daemon {
 
     fn claim(
         &mut self,
-        expected_holder: Option<String>,
+        expected_holder: Option<InstanceId>,
         force: bool,
         kind: ClaimKind,
         reason: String,
@@ -77,9 +78,7 @@ impl Daemon {
             warn!(holder = ?expected_holder, "claiming with a FORCED detach: the holder is believed dead");
         }
         let req = ClaimRequest {
-            // A holder id that does not parse is no holder this node may detach: the claim then
-            // stops at whoever holds the ENI (HeldBy) instead of replacing them.
-            expected_holder: expected_holder.and_then(|h| h.parse().ok()),
+            expected_holder,
             force,
             device_indexes: self.settings.group.device_indexes.clone(),
         };
@@ -152,7 +151,7 @@ impl Daemon {
 
     fn hook_env(&self, reason: String) -> HookEnv {
         HookEnv {
-            node: self.settings.node.name.clone(),
+            node: self.settings.node.name.to_string(),
             role: self.node.role().to_string(),
             reason,
             eni: self.settings.group.eni.to_string(),

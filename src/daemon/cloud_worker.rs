@@ -71,7 +71,7 @@ async fn query(cloud: &dyn Cloud) -> Done {
     match timed("describe", cloud.describe()).await {
         Ok(info) => {
             let view = match info.holder() {
-                Some(i) => CloudView::Holder(i.to_string()),
+                Some(i) => CloudView::Holder(i.clone()),
                 None => CloudView::Nobody,
             };
             Done::Cloud {
@@ -163,7 +163,7 @@ fn claimed(watched: Watched) -> Done {
     let (event, mut steps, info) = match watched.result {
         Ok(ClaimOutcome::Claimed { info, steps, .. }) => (ClaimResult::Claimed, steps, Some(info)),
         Ok(ClaimOutcome::HeldBy { holder, steps }) => {
-            (ClaimResult::HeldBy(holder.to_string()), steps, None)
+            (ClaimResult::HeldBy(holder.clone()), steps, None)
         }
         Err(e) => {
             warn!(error = %e, kind = e.kind_str(), calls = ?watched.calls.map(|c| c.total()), "claim failed");
@@ -200,7 +200,7 @@ fn confirmation(watched: Watched) -> Done {
             let outcome = Outcome::Lost {
                 holder: holder.to_string(),
             };
-            (Ok(CloudView::Holder(holder.to_string())), outcome, steps)
+            (Ok(CloudView::Holder(holder.clone())), outcome, steps)
         }
         Err(e)
             if matches!(

@@ -439,16 +439,11 @@ pub fn core_config(settings: &Settings, instance_id: &InstanceId) -> CoreConfig 
     CoreConfig {
         name: settings.node.name.clone(),
         priority: settings.node.priority,
-        instance_id: instance_id.to_string(),
+        instance_id: instance_id.clone(),
         peers: settings
             .peers
             .iter()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    p.instance_id.as_ref().map(|i| i.to_string()),
-                )
-            })
+            .map(|p| (p.name.clone(), p.instance_id.clone()))
             .collect(),
         heartbeat_interval: settings.heartbeat.interval,
         dead_interval: settings.heartbeat.dead_interval,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::Daemon;
 use crate::core::HolderBelief;
+use crate::ids::{InstanceId, NodeName};
 use crate::report::{
     CheckState, HealthReport, Holder, PeerReport, RejectCount, RoleReport, TransitionReport,
 };
@@ -18,7 +19,7 @@ impl Daemon {
         let now = self.now();
         RoleReport {
             schema_version: crate::report::SCHEMA_VERSION,
-            node: self.settings.node.name.clone(),
+            node: self.settings.node.name.to_string(),
             instance_id: self.instance_id.to_string(),
             eni: self.settings.group.eni.to_string(),
             role: self.node.role().to_string(),
@@ -33,7 +34,7 @@ impl Daemon {
             cloud_holder: match self.node.holder() {
                 HolderBelief::Unknown => Holder::Unknown,
                 HolderBelief::Nobody => Holder::Nobody,
-                HolderBelief::Instance(i) => Holder::Instance { id: i.clone() },
+                HolderBelief::Instance(i) => Holder::Instance { id: i.to_string() },
             },
             cloud_checked_ms_ago: self
                 .node
@@ -65,7 +66,7 @@ impl Daemon {
             healthy: own.healthy,
             detail: own.detail.clone(),
             degraded: self.node.is_degraded(),
-            silent_but_serving: self.node.silent_but_serving().map(str::to_string),
+            silent_but_serving: self.node.silent_but_serving().map(NodeName::to_string),
             corroborated: self.node.config().corroborate_fall.is_some(),
             probe_fails: probe.fails,
             probe_ok_ms_ago: probe
@@ -89,9 +90,9 @@ impl Daemon {
         self.node
             .peers()
             .map(|p| PeerReport {
-                name: p.name.clone(),
+                name: p.name.to_string(),
                 role: p.advert.as_ref().map(|a| a.role.to_string()),
-                instance_id: p.instance_id.clone(),
+                instance_id: p.instance_id.as_ref().map(InstanceId::to_string),
                 last_heard_ms_ago: p
                     .last_heard
                     .map(|h| now.saturating_sub(h).as_millis() as u64),

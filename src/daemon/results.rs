@@ -70,7 +70,9 @@ impl Daemon {
     /// release. A successful claim goes on until the host config and the hooks are done.
     fn record_cloud_result(&mut self, event: &Event) {
         let outcome = match event {
-            Event::ClaimDone(Ok(ClaimResult::HeldBy(h))) => Outcome::Lost { holder: h.clone() },
+            Event::ClaimDone(Ok(ClaimResult::HeldBy(h))) => Outcome::Lost {
+                holder: h.to_string(),
+            },
             Event::ClaimDone(Err(f)) => Outcome::ClaimFailed(f.message.clone()),
             Event::ReleaseDone(r) => {
                 self.timeline.mark(Mark::Released);

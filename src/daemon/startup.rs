@@ -109,7 +109,7 @@ fn waiting_report(settings: &Settings, waiting: &str, since: std::time::SystemTi
     let at = timeline::unix_ms(since);
     RoleReport {
         schema_version: crate::report::SCHEMA_VERSION,
-        node: settings.node.name.clone(),
+        node: settings.node.name.to_string(),
         instance_id: settings
             .node
             .instance_id

@@ -44,8 +44,11 @@ fn daemon() -> (Daemon, Ends) {
     let peer = PeerLink::bind(
         "127.0.0.1:0".parse().expect("addr"),
         7,
-        "node-a".into(),
-        vec![("node-b".into(), vec!["127.0.0.1:9".parse().expect("addr")])],
+        "node-a".parse().unwrap(),
+        vec![(
+            "node-b".parse().unwrap(),
+            vec!["127.0.0.1:9".parse().expect("addr")],
+        )],
         vec![7; 32],
         Duration::from_secs(30),
         1,

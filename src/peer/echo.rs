@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::filter::{Acceptor, RateLimiter, Reject, WARN_INTERVAL};
 use super::wire::{self, Echo, EchoKind, EchoStatus, Header, Keys, WireError};
+use crate::ids::NodeName;
 
 /// Answers per source address per [`WINDOW`]: a preflight sends a handful, an attacker who can
 /// spoof a peer's address gets no more than this reflected at that peer.
@@ -52,7 +53,7 @@ impl Dropped {
 #[derive(Debug)]
 pub struct Responder {
     group_id: u32,
-    me: String,
+    me: NodeName,
     incarnation: u64,
     /// Sequence of our replies; replies are matched by nonce, this only keeps headers distinct.
     seq: u64,
@@ -71,22 +72,27 @@ pub struct Responder {
 impl Responder {
     pub fn new(
         group_id: u32,
-        me: &str,
+        me: &NodeName,
         incarnation: u64,
-        peers: &[(String, Vec<SocketAddr>)],
+        peers: &[(NodeName, Vec<SocketAddr>)],
         max_skew: Duration,
     ) -> Responder {
         Responder {
             group_id,
-            me: me.to_owned(),
+            me: me.clone(),
             incarnation,
             seq: 0,
             peer_ips: peers
                 .iter()
                 .flat_map(|(_, addrs)| addrs.iter().map(|a| a.ip()))
                 .collect(),
-            acceptor: Acceptor::new(group_id, me, peers.iter().map(|(n, _)| n.clone()), max_skew)
-                .labelled("echo request"),
+            acceptor: Acceptor::new(
+                group_id,
+                me.clone(),
+                peers.iter().map(|(n, _)| n.clone()),
+                max_skew,
+            )
+            .labelled("echo request"),
             budget: HashMap::new(),
             window_ms: u64::try_from(WINDOW.as_millis()).unwrap_or(u64::MAX),
             limiter: RateLimiter::new(WARN_INTERVAL),
@@ -220,9 +226,12 @@ mod tests {
     fn responder() -> Responder {
         Responder::new(
             GROUP,
-            "a",
+            &"a".parse().unwrap(),
             77,
-            &[("b".into(), vec!["198.18.0.11:7460".parse().unwrap()])],
+            &[(
+                "b".parse().unwrap(),
+                vec!["198.18.0.11:7460".parse().unwrap()],
+            )],
             SKEW,
         )
     }
@@ -234,7 +243,7 @@ mod tests {
                 status: EchoStatus::Ok,
                 header: Header {
                     group_id,
-                    sender: sender.into(),
+                    sender: sender.parse().unwrap(),
                     incarnation: 5,
                     seq,
                     timestamp_ms: NOW,

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::wire::{Header, Packet, WireError};
+use crate::ids::NodeName;
 
 /// At most one warning per reason per this interval; the rest are counted and summarised.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -66,10 +67,10 @@ struct Seen {
 #[derive(Debug)]
 pub struct Acceptor {
     group_id: u32,
-    me: String,
-    peers: HashSet<String>,
+    me: NodeName,
+    peers: HashSet<NodeName>,
     max_skew_ms: u64,
-    seen: HashMap<String, Seen>,
+    seen: HashMap<NodeName, Seen>,
     counters: BTreeMap<&'static str, u64>,
     limiter: RateLimiter,
     /// What is being judged, for the reject warning ("heartbeat", "echo request").
@@ -77,19 +78,15 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn new<I, S>(group_id: u32, me: impl Into<String>, peers: I, max_skew: Duration) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let me = me.into();
+    pub fn new(
+        group_id: u32,
+        me: NodeName,
+        peers: impl IntoIterator<Item = NodeName>,
+        max_skew: Duration,
+    ) -> Self {
         // Our own name is never a peer, even if the configuration lists it: a reflected copy of
         // our own heartbeat must not be mistaken for a live peer.
-        let peers = peers
-            .into_iter()
-            .map(Into::into)
-            .filter(|p: &String| *p != me)
-            .collect();
+        let peers = peers.into_iter().filter(|p| *p != me).collect();
         Acceptor {
             group_id,
             me,
@@ -278,15 +275,19 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
     const SKEW: Duration = Duration::from_secs(30);
 
+    fn name(s: &str) -> NodeName {
+        s.parse().unwrap()
+    }
+
     fn acceptor() -> Acceptor {
-        Acceptor::new(GROUP, "a", ["b", "c"], SKEW)
+        Acceptor::new(GROUP, name("a"), [name("b"), name("c")], SKEW)
     }
 
     fn pkt(sender: &str, incarnation: u64, seq: u64, timestamp_ms: u64) -> Packet {
         Packet {
             header: Header {
                 group_id: GROUP,
-                sender: sender.into(),
+                sender: sender.parse().unwrap(),
                 incarnation,
                 seq,
                 timestamp_ms,
@@ -294,7 +295,7 @@ mod tests {
             advert: Advert {
                 role: Role::Backup,
                 priority: 100,
-                instance_id: "i-0123456789abcdef0".into(),
+                instance_id: "i-0123456789abcdef0".parse().unwrap(),
                 holder: HolderBelief::Unknown,
                 yield_msg: YieldMsg::None,
                 stopping_ms: 0,
@@ -387,7 +388,7 @@ mod tests {
             Err(Reject::UnknownNode)
         );
         // Even when the configuration wrongly lists our own name as a peer.
-        let mut acc = Acceptor::new(GROUP, "a", ["a", "b"], SKEW);
+        let mut acc = Acceptor::new(GROUP, name("a"), [name("a"), name("b")], SKEW);
         assert_eq!(
             acc.accept(&pkt("a", 1, 1, NOW), NOW),
             Err(Reject::UnknownNode)

@@ -17,6 +17,7 @@ use tokio::net::UdpSocket;
 use super::transport::{random_incarnation, unix_ms_now};
 use super::wire::{self, Echo, EchoKind, EchoStatus, Header, KeyUsed, Keys, WireError};
 use crate::config::Settings;
+use crate::ids::NodeName;
 
 /// Attempts per address: a single lost datagram must not fail the check.
 pub const ATTEMPTS: u32 = 3;
@@ -118,7 +119,7 @@ impl PeerCheck {
 #[derive(Debug, Clone)]
 pub struct Asker {
     pub group_id: u32,
-    pub me: String,
+    pub me: NodeName,
     /// Our bind address; the check binds it with port 0.
     pub local: IpAddr,
     pub keys: Keys,
@@ -139,11 +140,11 @@ impl Asker {
     }
 
     /// Asks every address of every peer, all at once; rows in configuration order.
-    pub async fn check_all(&self, peers: &[(String, Vec<SocketAddr>)]) -> Vec<PeerCheck> {
+    pub async fn check_all(&self, peers: &[(NodeName, Vec<SocketAddr>)]) -> Vec<PeerCheck> {
         let asks = peers.iter().flat_map(|(name, addrs)| {
             addrs.iter().map(move |&addr| async move {
                 PeerCheck {
-                    peer: name.clone(),
+                    peer: name.to_string(),
                     addr,
                     outcome: self.check(name, addr).await,
                 }
@@ -254,7 +255,7 @@ impl Asker {
                 Outcome::OtherGroup { theirs: h.group_id }
             }
             EchoStatus::Ok if h.sender != peer => Outcome::WrongName {
-                answered_as: h.sender.clone(),
+                answered_as: h.sender.to_string(),
             },
             EchoStatus::Ok => Outcome::Ok {
                 rtt: sent_at.elapsed(),
@@ -305,7 +306,7 @@ pub fn preflight_command(settings: &Settings) -> i32 {
             return crate::exit::SOFTWARE;
         }
     };
-    let peers: Vec<(String, Vec<SocketAddr>)> = settings
+    let peers: Vec<(NodeName, Vec<SocketAddr>)> = settings
         .peers
         .iter()
         .map(|p| (p.name.clone(), p.addresses.clone()))

@@ -11,8 +11,9 @@ use tokio::net::UdpSocket;
 
 use super::echo::Responder;
 use super::filter::{Acceptor, RateLimiter, WARN_INTERVAL};
-use super::wire::{self, Header, KeyUsed, Keys, WireError, MAX_PACKET, MAX_STR};
+use super::wire::{self, Header, KeyUsed, Keys, WireError, MAX_PACKET};
 use crate::core::advert::Advert;
+use crate::ids::NodeName;
 
 /// DSCP CS6 (network control) in the TOS byte, so that QoS-aware paths do not queue heartbeats
 /// behind bulk traffic.
@@ -34,15 +35,13 @@ pub enum PeerError {
     Socket(#[source] io::Error),
     #[error("the heartbeat socket needs a running tokio runtime")]
     NoRuntime,
-    #[error("node name `{0}` is longer than {MAX_STR} bytes")]
-    NameTooLong(String),
     #[error("the shared key is empty")]
     EmptyKey,
     #[error(
         "address {addr} of peer {peer} is not of the same IP family as the local address {local}"
     )]
     AddressFamily {
-        peer: String,
+        peer: NodeName,
         addr: SocketAddr,
         local: SocketAddr,
     },
@@ -57,7 +56,6 @@ impl PeerError {
             PeerError::Bind { .. } => "bind",
             PeerError::Socket(_) => "socket",
             PeerError::NoRuntime => "no-runtime",
-            PeerError::NameTooLong(_) => "name-too-long",
             PeerError::EmptyKey => "empty-key",
             PeerError::AddressFamily { .. } => "address-family",
             PeerError::Encode(_) => "encode",
@@ -69,7 +67,7 @@ impl PeerError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
     Accepted {
-        peer: String,
+        peer: NodeName,
         advert: Advert,
         incarnation: u64,
     },
@@ -105,17 +103,14 @@ pub(super) fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Every (peer, address) pair, checked: names that fit the wire format, addresses this socket
-/// can reach.
+/// Every (peer, address) pair, checked: addresses this socket can reach. (Names always fit the
+/// wire format: a [`NodeName`] is at most as long as a packet's strings.)
 fn flatten_targets(
-    peers: &[(String, Vec<SocketAddr>)],
+    peers: &[(NodeName, Vec<SocketAddr>)],
     local: SocketAddr,
-) -> Result<Vec<(String, SocketAddr)>, PeerError> {
+) -> Result<Vec<(NodeName, SocketAddr)>, PeerError> {
     let mut targets = Vec::new();
     for (peer, addrs) in peers {
-        if peer.len() > MAX_STR {
-            return Err(PeerError::NameTooLong(peer.clone()));
-        }
         for &addr in addrs {
             // A v4 socket cannot reach a v6 address and vice versa: every heartbeat would
             // fail, so refuse at startup instead.
@@ -146,13 +141,13 @@ pub struct PeerLink {
     socket: UdpSocket,
     local: SocketAddr,
     group_id: u32,
-    me: String,
+    me: NodeName,
     incarnation: u64,
     keys: Keys,
     /// Last sequence number sent; the first packet carries 1.
     seq: u64,
     /// Every (peer, address) pair, flattened once so a send is a plain loop.
-    targets: Vec<(String, SocketAddr)>,
+    targets: Vec<(NodeName, SocketAddr)>,
     acceptor: Acceptor,
     responder: Responder,
     /// Heartbeats accepted that were signed with the previous key: while this grows, some peer
@@ -172,8 +167,8 @@ impl PeerLink {
     pub fn bind(
         local: SocketAddr,
         group_id: u32,
-        me: String,
-        peers: Vec<(String, Vec<SocketAddr>)>,
+        me: NodeName,
+        peers: Vec<(NodeName, Vec<SocketAddr>)>,
         key: impl Into<Keys>,
         max_skew: Duration,
         incarnation: u64,
@@ -204,8 +199,8 @@ impl PeerLink {
     pub fn from_std(
         socket: StdUdpSocket,
         group_id: u32,
-        me: String,
-        peers: Vec<(String, Vec<SocketAddr>)>,
+        me: NodeName,
+        peers: Vec<(NodeName, Vec<SocketAddr>)>,
         key: impl Into<Keys>,
         max_skew: Duration,
         incarnation: u64,
@@ -213,9 +208,6 @@ impl PeerLink {
         let keys = key.into();
         if keys.current().is_empty() {
             return Err(PeerError::EmptyKey);
-        }
-        if me.len() > MAX_STR {
-            return Err(PeerError::NameTooLong(me));
         }
         let local = socket.local_addr().map_err(PeerError::Socket)?;
         let targets = flatten_targets(&peers, local)?;
@@ -450,7 +442,7 @@ mod tests {
         Advert {
             role,
             priority,
-            instance_id: "i-0123456789abcdef0".into(),
+            instance_id: "i-0123456789abcdef0".parse().unwrap(),
             holder: HolderBelief::Nobody,
             yield_msg: YieldMsg::None,
             stopping_ms: 0,
@@ -471,8 +463,8 @@ mod tests {
         let a = PeerLink::from_std(
             sa,
             GROUP,
-            "a".into(),
-            vec![("b".into(), vec![ab])],
+            "a".parse().unwrap(),
+            vec![("b".parse().unwrap(), vec![ab])],
             KEY.to_vec(),
             SKEW,
             1,
@@ -481,8 +473,8 @@ mod tests {
         let b = PeerLink::from_std(
             sb,
             GROUP,
-            "b".into(),
-            vec![("a".into(), vec![aa])],
+            "b".parse().unwrap(),
+            vec![("a".parse().unwrap(), vec![aa])],
             KEY.to_vec(),
             SKEW,
             2,
@@ -510,7 +502,7 @@ mod tests {
         let link = PeerLink::bind(
             "127.0.0.1:0".parse().unwrap(),
             GROUP,
-            "a".into(),
+            "a".parse().unwrap(),
             vec![],
             KEY.to_vec(),
             SKEW,
@@ -521,32 +513,37 @@ mod tests {
         assert!(addr.ip().is_loopback());
         assert_ne!(addr.port(), 0);
         // Without SO_REUSEADDR a second bind to the same address fails.
-        let err =
-            PeerLink::bind(addr, GROUP, "a".into(), vec![], KEY.to_vec(), SKEW, 1).unwrap_err();
-        assert_eq!(err.kind(), "bind");
-    }
-
-    #[tokio::test]
-    async fn refuses_bad_setup() {
-        let err =
-            PeerLink::from_std(loopback(), GROUP, "a".into(), vec![], vec![], SKEW, 1).unwrap_err();
-        assert_eq!(err.kind(), "empty-key");
-        let err = PeerLink::from_std(
-            loopback(),
+        let err = PeerLink::bind(
+            addr,
             GROUP,
-            "x".repeat(33),
+            "a".parse().unwrap(),
             vec![],
             KEY.to_vec(),
             SKEW,
             1,
         )
         .unwrap_err();
-        assert_eq!(err.kind(), "name-too-long");
+        assert_eq!(err.kind(), "bind");
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_setup() {
         let err = PeerLink::from_std(
             loopback(),
             GROUP,
-            "a".into(),
-            vec![("b".into(), vec!["[::1]:9".parse().unwrap()])],
+            "a".parse().unwrap(),
+            vec![],
+            vec![],
+            SKEW,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "empty-key");
+        let err = PeerLink::from_std(
+            loopback(),
+            GROUP,
+            "a".parse().unwrap(),
+            vec![("b".parse().unwrap(), vec!["[::1]:9".parse().unwrap()])],
             KEY.to_vec(),
             SKEW,
             1,
@@ -557,8 +554,16 @@ mod tests {
 
     #[test]
     fn refuses_without_runtime() {
-        let err = PeerLink::from_std(loopback(), GROUP, "a".into(), vec![], KEY.to_vec(), SKEW, 1)
-            .unwrap_err();
+        let err = PeerLink::from_std(
+            loopback(),
+            GROUP,
+            "a".parse().unwrap(),
+            vec![],
+            KEY.to_vec(),
+            SKEW,
+            1,
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), "no-runtime");
     }
 
@@ -570,7 +575,7 @@ mod tests {
         assert_eq!(
             recv(&mut b).await,
             Received::Accepted {
-                peer: "a".into(),
+                peer: "a".parse().unwrap(),
                 advert: from_a,
                 incarnation: 1,
             }
@@ -581,7 +586,7 @@ mod tests {
             maintenance: false,
             yield_msg: YieldMsg::Accept {
                 id: 3,
-                to: "a".into(),
+                to: "a".parse().unwrap(),
             },
             ..advert(Role::Backup, 100)
         };
@@ -589,7 +594,7 @@ mod tests {
         assert_eq!(
             recv(&mut a).await,
             Received::Accepted {
-                peer: "b".into(),
+                peer: "b".parse().unwrap(),
                 advert: from_b,
                 incarnation: 2,
             }
@@ -630,7 +635,7 @@ mod tests {
             &Packet {
                 header: Header {
                     group_id: GROUP,
-                    sender: "a".into(),
+                    sender: "a".parse().unwrap(),
                     incarnation: 1,
                     seq: 1_000,
                     timestamp_ms: unix_ms_now(),
@@ -657,7 +662,7 @@ mod tests {
             &Packet {
                 header: Header {
                     group_id: GROUP,
-                    sender: "a".into(),
+                    sender: "a".parse().unwrap(),
                     incarnation: 1,
                     seq: 1,
                     timestamp_ms: unix_ms_now(),
@@ -681,7 +686,7 @@ mod tests {
         assert_eq!(
             recv(&mut b).await,
             Received::Accepted {
-                peer: "a".into(),
+                peer: "a".parse().unwrap(),
                 advert: genuine,
                 incarnation: 1,
             }
@@ -706,8 +711,11 @@ mod tests {
         let mut a = PeerLink::from_std(
             sa,
             GROUP,
-            "a".into(),
-            vec![("b".into(), vec![dead_addr]), ("c".into(), vec![ac])],
+            "a".parse().unwrap(),
+            vec![
+                ("b".parse().unwrap(), vec![dead_addr]),
+                ("c".parse().unwrap(), vec![ac]),
+            ],
             KEY.to_vec(),
             SKEW,
             1,
@@ -716,8 +724,8 @@ mod tests {
         let mut c = PeerLink::from_std(
             sc,
             GROUP,
-            "c".into(),
-            vec![("a".into(), vec![a.local_addr()])],
+            "c".parse().unwrap(),
+            vec![("a".parse().unwrap(), vec![a.local_addr()])],
             KEY.to_vec(),
             SKEW,
             3,
@@ -730,7 +738,7 @@ mod tests {
         assert_eq!(
             recv(&mut a).await,
             Received::Accepted {
-                peer: "c".into(),
+                peer: "c".parse().unwrap(),
                 advert: advert(Role::Backup, 1),
                 incarnation: 3,
             }
@@ -759,8 +767,8 @@ mod tests {
         let a = PeerLink::from_std(
             sa,
             GROUP,
-            "a".into(),
-            vec![("b".into(), vec![ab])],
+            "a".parse().unwrap(),
+            vec![("b".parse().unwrap(), vec![ab])],
             Keys::new(NEW.to_vec(), Some(KEY.to_vec())),
             SKEW,
             1,
@@ -769,8 +777,8 @@ mod tests {
         let b = PeerLink::from_std(
             sb,
             GROUP,
-            "b".into(),
-            vec![("a".into(), vec![aa])],
+            "b".parse().unwrap(),
+            vec![("a".parse().unwrap(), vec![aa])],
             KEY.to_vec(),
             SKEW,
             2,
@@ -809,7 +817,7 @@ mod tests {
             status: wire::EchoStatus::Ok,
             header: Header {
                 group_id: GROUP,
-                sender: "a".into(),
+                sender: "a".parse().unwrap(),
                 incarnation: 99,
                 seq: 1,
                 timestamp_ms: unix_ms_now(),

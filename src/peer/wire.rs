@@ -39,6 +39,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::core::advert::{Advert, HolderBelief, Role, YieldMsg};
+use crate::ids::{InstanceId, NodeName};
 
 pub const MAGIC: [u8; 4] = *b"ENIP";
 /// The heartbeat's version.
@@ -73,7 +74,7 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub group_id: u32,
-    pub sender: String,
+    pub sender: NodeName,
     /// Random per daemon start, so sequence numbers can restart at 1 without looking like replays.
     pub incarnation: u64,
     pub seq: u64,
@@ -271,20 +272,20 @@ pub(crate) fn encode_parts(h: &Header, a: &Advert, key: &[u8]) -> Result<Vec<u8>
     out.push(VERSION);
 
     out.extend_from_slice(&h.group_id.to_be_bytes());
-    put_str(&mut out, "sender name", &h.sender)?;
+    put_str(&mut out, "sender name", h.sender.as_str())?;
     out.extend_from_slice(&h.incarnation.to_be_bytes());
     out.extend_from_slice(&h.seq.to_be_bytes());
     out.extend_from_slice(&h.timestamp_ms.to_be_bytes());
 
     out.push(a.role.code());
     out.push(a.priority);
-    put_str(&mut out, "instance id", &a.instance_id)?;
+    put_str(&mut out, "instance id", a.instance_id.as_str())?;
     match &a.holder {
         HolderBelief::Unknown => out.push(0),
         HolderBelief::Nobody => out.push(1),
         HolderBelief::Instance(id) => {
             out.push(2);
-            put_str(&mut out, "holder instance id", id)?;
+            put_str(&mut out, "holder instance id", id.as_str())?;
         }
     }
     let (tag, rest) = match &a.yield_msg {
@@ -297,7 +298,7 @@ pub(crate) fn encode_parts(h: &Header, a: &Advert, key: &[u8]) -> Result<Vec<u8>
     out.push(tag);
     if let Some((id, to)) = rest {
         out.extend_from_slice(&id.to_be_bytes());
-        put_str(&mut out, "yield target", to)?;
+        put_str(&mut out, "yield target", to.as_str())?;
     }
     out.extend_from_slice(&a.stopping_ms.to_be_bytes());
     // Unhealthy rather than healthy as the bit, so a healthy node's packets stay what a node
@@ -391,25 +392,25 @@ fn parse_heartbeat(body: &[u8]) -> Result<Packet, WireError> {
     let mut r = Reader { buf: body };
     let header = Header {
         group_id: r.u32()?,
-        sender: r.string()?,
+        sender: r.name("invalid sender name")?,
         incarnation: r.u64()?,
         seq: r.u64()?,
         timestamp_ms: r.u64()?,
     };
     let role = Role::from_code(r.u8()?).ok_or(WireError::Malformed("unknown role code"))?;
     let priority = r.u8()?;
-    let instance_id = r.string()?;
+    let instance_id = r.instance("invalid instance id")?;
     let holder = match r.u8()? {
         0 => HolderBelief::Unknown,
         1 => HolderBelief::Nobody,
-        2 => HolderBelief::Instance(r.string()?),
+        2 => HolderBelief::Instance(r.instance("invalid holder instance id")?),
         _ => return Err(WireError::Malformed("unknown holder tag")),
     };
     let yield_msg = match r.u8()? {
         0 => YieldMsg::None,
         tag @ 1..=4 => {
             let id = r.u32()?;
-            let to = r.string()?;
+            let to = r.name("invalid yield target")?;
             match tag {
                 1 => YieldMsg::Offer { id, to },
                 2 => YieldMsg::Accept { id, to },
@@ -465,7 +466,7 @@ pub fn peek_echo(buf: &[u8]) -> Option<(EchoKind, u64)> {
 /// Frames and signs an echo request or reply; the result is always [`ECHO_LEN`] bytes.
 pub fn encode_echo(e: &Echo, key: &[u8]) -> Result<Vec<u8>, WireError> {
     let h = &e.header;
-    let name_len = h.sender.len();
+    let name_len = h.sender.as_str().len();
     if name_len > MAX_STR {
         return Err(WireError::TooLong {
             field: "sender name",
@@ -481,7 +482,7 @@ pub fn encode_echo(e: &Echo, key: &[u8]) -> Result<Vec<u8>, WireError> {
     // Cannot truncate: checked against MAX_STR just above. Padded to a fixed width so that a
     // reply from a node with a longer name is not larger than the request.
     out.push(name_len as u8);
-    out.extend_from_slice(h.sender.as_bytes());
+    out.extend_from_slice(h.sender.as_str().as_bytes());
     out.resize(out.len() + MAX_STR - name_len, 0);
     out.extend_from_slice(&h.incarnation.to_be_bytes());
     out.extend_from_slice(&h.seq.to_be_bytes());
@@ -522,8 +523,9 @@ pub fn decode_echo(buf: &[u8], keys: &Keys) -> Result<(Echo, KeyUsed), WireError
         return Err(WireError::Malformed("echo name padding is not zero"));
     }
     let sender = std::str::from_utf8(name)
-        .map(str::to_owned)
-        .map_err(|_| WireError::Malformed("string is not UTF-8"))?;
+        .map_err(|_| WireError::Malformed("string is not UTF-8"))?
+        .parse::<NodeName>()
+        .map_err(|_| WireError::Malformed("invalid sender name"))?;
     let header = Header {
         group_id,
         sender,
@@ -587,6 +589,19 @@ impl<'a> Reader<'a> {
             .map(str::to_owned)
             .map_err(|_| WireError::Malformed("string is not UTF-8"))
     }
+
+    /// A node name, checked as the config checks it: the core only ever sees valid names.
+    fn name(&mut self, what: &'static str) -> Result<NodeName, WireError> {
+        self.string()?
+            .parse()
+            .map_err(|_| WireError::Malformed(what))
+    }
+
+    fn instance(&mut self, what: &'static str) -> Result<InstanceId, WireError> {
+        self.string()?
+            .parse()
+            .map_err(|_| WireError::Malformed(what))
+    }
 }
 
 #[cfg(test)]
@@ -598,7 +613,7 @@ mod tests {
     fn header() -> Header {
         Header {
             group_id: 0xdead_beef,
-            sender: "node-a".into(),
+            sender: "node-a".parse().unwrap(),
             incarnation: 0x0102_0304_0506_0708,
             seq: 42,
             timestamp_ms: 1_700_000_000_123,
@@ -609,11 +624,11 @@ mod tests {
         Advert {
             role: Role::Master,
             priority: 150,
-            instance_id: "i-0123456789abcdef0".into(),
-            holder: HolderBelief::Instance("i-0123456789abcdef0".into()),
+            instance_id: "i-0123456789abcdef0".parse().unwrap(),
+            holder: HolderBelief::Instance("i-0123456789abcdef0".parse().unwrap()),
             yield_msg: YieldMsg::Offer {
                 id: 7,
-                to: "node-b".into(),
+                to: "node-b".parse().unwrap(),
             },
             stopping_ms: 5000,
             wants_master: true,
@@ -656,10 +671,10 @@ mod tests {
         let holders = [
             HolderBelief::Unknown,
             HolderBelief::Nobody,
-            HolderBelief::Instance("i-0abc".into()),
-            HolderBelief::Instance(String::new()),
+            HolderBelief::Instance("i-0000000a".parse().unwrap()),
+            HolderBelief::Instance("i-0123456789abcdef0".parse().unwrap()),
         ];
-        let to = "n".repeat(MAX_STR);
+        let to: NodeName = "n".repeat(MAX_STR).parse().unwrap();
         let yields = [
             YieldMsg::None,
             YieldMsg::Offer {
@@ -668,15 +683,15 @@ mod tests {
             },
             YieldMsg::Accept {
                 id: u32::MAX,
-                to: "b".into(),
+                to: "b".parse().unwrap(),
             },
             YieldMsg::Reject {
                 id: 0,
-                to: "ü".into(),
+                to: "c.d_e-f".parse().unwrap(),
             },
             YieldMsg::Released {
                 id: 99,
-                to: String::new(),
+                to: "d".parse().unwrap(),
             },
         ];
         for role in roles {
@@ -685,7 +700,7 @@ mod tests {
                     for wants_master in [false, true] {
                         let p = Packet {
                             header: Header {
-                                sender: "é".repeat(16),
+                                sender: "e".repeat(MAX_STR).parse().unwrap(),
                                 seq: u64::MAX,
                                 ..header()
                             },
@@ -719,21 +734,41 @@ mod tests {
         assert_eq!(&bytes[16..24], &[1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
+    /// The types keep invalid names and ids out of `encode`; a peer (or a future build) could
+    /// still sign one, and the core must never see it.
     #[test]
-    fn encode_refuses_long_fields() {
-        let long = "x".repeat(MAX_STR + 1);
-        let mut p = packet();
-        p.header.sender = long.clone();
-        assert_eq!(encode(&p, KEY).unwrap_err().kind(), "too-long");
-        let mut p = packet();
-        p.advert.instance_id = long.clone();
-        assert_eq!(encode(&p, KEY).unwrap_err().kind(), "too-long");
-        let mut p = packet();
-        p.advert.holder = HolderBelief::Instance(long.clone());
-        assert_eq!(encode(&p, KEY).unwrap_err().kind(), "too-long");
-        let mut p = packet();
-        p.advert.yield_msg = YieldMsg::Released { id: 1, to: long };
-        assert_eq!(encode(&p, KEY).unwrap_err().kind(), "too-long");
+    fn decode_refuses_invalid_names_and_ids() {
+        let base = unsigned(&packet());
+        let edit = |from: &[u8], to: &[u8]| {
+            let at = base
+                .windows(from.len())
+                .position(|w| w == from)
+                .expect("field present");
+            let mut b = base.clone();
+            b[at..at + to.len()].copy_from_slice(to);
+            decode(&resign(b), KEY).unwrap_err()
+        };
+        assert_eq!(
+            edit(b"node-a", b"node a"),
+            WireError::Malformed("invalid sender name")
+        );
+        assert_eq!(
+            edit(b"i-0123456789abcdef0", b"i-0123456789ABCDEF0"),
+            WireError::Malformed("invalid instance id")
+        );
+        assert_eq!(
+            edit(b"node-b", b"node/b"),
+            WireError::Malformed("invalid yield target")
+        );
+        // The holder is the second copy of the instance id, after the holder tag and its length.
+        let first = base.windows(19).position(|w| w == b"i-0123456789abcdef0");
+        let holder_at = first.map(|f| f + 19 + 2).expect("instance id present");
+        let mut b = base.clone();
+        b[holder_at..holder_at + 2].copy_from_slice(b"j-");
+        assert_eq!(
+            decode(&resign(b), KEY).unwrap_err(),
+            WireError::Malformed("invalid holder instance id")
+        );
     }
 
     #[test]
@@ -808,7 +843,7 @@ mod tests {
         );
 
         // Holder tag sits after role, priority and the instance id string.
-        let holder_at = role_at + 2 + 1 + packet().advert.instance_id.len();
+        let holder_at = role_at + 2 + 1 + packet().advert.instance_id.as_str().len();
         let mut b = base.clone();
         b[holder_at] = 3;
         assert_eq!(
@@ -915,9 +950,9 @@ mod tests {
             EchoStatus::UnknownNode,
             EchoStatus::BadMac,
         ];
-        for name in ["", "a", "node-a", &"é".repeat(16)] {
+        for name in ["a", "node-a", &"e".repeat(MAX_STR)] {
             let mut req = echo(EchoKind::Request, EchoStatus::Ok);
-            req.header.sender = name.to_owned();
+            req.header.sender = name.parse().unwrap();
             let bytes = encode_echo(&req, KEY).unwrap();
             assert_eq!(bytes.len(), ECHO_LEN);
             assert!(is_echo(&bytes));
@@ -928,16 +963,13 @@ mod tests {
             );
             for status in statuses {
                 let mut reply = echo(EchoKind::Reply, status);
-                reply.header.sender = "x".repeat(MAX_STR);
+                reply.header.sender = "x".repeat(MAX_STR).parse().unwrap();
                 let bytes = encode_echo(&reply, KEY).unwrap();
                 // Never larger than the request, whatever the names.
                 assert_eq!(bytes.len(), ECHO_LEN);
                 assert_eq!(decode_echo(&bytes, &keys).unwrap().0, reply);
             }
         }
-        let mut long = echo(EchoKind::Request, EchoStatus::Ok);
-        long.header.sender = "x".repeat(MAX_STR + 1);
-        assert_eq!(encode_echo(&long, KEY).unwrap_err().kind(), "too-long");
     }
 
     #[test]

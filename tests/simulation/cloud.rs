@@ -99,7 +99,7 @@ impl Cloud {
                 node,
                 state: AttState::Attached | AttState::Attaching,
                 ..
-            }) => CloudView::Holder(instance(node)),
+            }) => CloudView::Holder(instance_id(node)),
             _ => CloudView::Nobody,
         }
     }
@@ -190,7 +190,7 @@ pub fn failure(e: &CloudError) -> Failure {
 pub fn claim_event(out: Result<ClaimOutcome, CloudError>) -> Event {
     Event::ClaimDone(match out {
         Ok(ClaimOutcome::Claimed { .. }) => Ok(ClaimResult::Claimed),
-        Ok(ClaimOutcome::HeldBy { holder, .. }) => Ok(ClaimResult::HeldBy(holder.to_string())),
+        Ok(ClaimOutcome::HeldBy { holder, .. }) => Ok(ClaimResult::HeldBy(holder)),
         Err(e) => Err(failure(&e)),
     })
 }

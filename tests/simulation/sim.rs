@@ -12,6 +12,7 @@ use std::time::Duration;
 use enipeer::cloud::claim::{Call, ClaimProc, Procedure, ReleaseProc, Reply};
 use enipeer::cloud::{ClaimRequest, CloudError, CloudErrorKind};
 use enipeer::core::{Action, Advert, CoreConfig, Event, Failure, Node, Role, Time};
+use enipeer::ids::{InstanceId, NodeName};
 
 use crate::cloud::*;
 
@@ -168,14 +169,14 @@ pub struct Sim {
 }
 
 pub fn config(i: usize, n: usize, prio: &[u8]) -> CoreConfig {
-    let peers: Vec<(String, Option<String>)> = (0..n)
+    let peers: Vec<(NodeName, Option<InstanceId>)> = (0..n)
         .filter(|&j| j != i)
         .map(|j| (name(j), None))
         .collect();
     CoreConfig {
         name: name(i),
         priority: prio[i],
-        instance_id: instance(i),
+        instance_id: instance_id(i),
         peers,
         heartbeat_interval: Duration::from_millis(200),
         dead_interval: Duration::from_millis(1000),
@@ -192,8 +193,10 @@ pub fn config(i: usize, n: usize, prio: &[u8]) -> CoreConfig {
     }
 }
 
-pub fn name(i: usize) -> String {
+pub fn name(i: usize) -> NodeName {
     format!("node-{}", (b'a' + i as u8) as char)
+        .parse()
+        .expect("a valid node name")
 }
 
 impl Sim {
@@ -462,8 +465,7 @@ impl Sim {
                 } => {
                     self.check_claim(i, kind);
                     let req = ClaimRequest {
-                        // As the daemon does: an id that does not parse expects nobody.
-                        expected_holder: expected_holder.and_then(|h| h.parse().ok()),
+                        expected_holder,
                         force,
                         device_indexes: vec![1],
                     };

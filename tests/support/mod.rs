@@ -411,13 +411,13 @@ pub fn settings(
 ) -> Settings {
     Settings {
         node: NodeSettings {
-            name: "node-a".into(),
+            name: "node-a".parse().unwrap(),
             priority: 100,
             instance_id: Some(me.clone()),
             state_dir: std::env::temp_dir(),
         },
         peers: vec![PeerSettings {
-            name: "node-b".into(),
+            name: "node-b".parse().unwrap(),
             addresses: vec![SocketAddr::from(([127, 0, 0, 1], 6543))],
             instance_id: peer,
         }],

@@ -21,8 +21,8 @@ fn answering(name: &str, group: u32, keys: Keys) -> (SocketAddr, tokio::task::Jo
     let mut link = PeerLink::from_std(
         sock,
         group,
-        name.into(),
-        vec![("a".into(), vec!["127.0.0.1:9".parse().unwrap()])],
+        name.parse().unwrap(),
+        vec![("a".parse().unwrap(), vec!["127.0.0.1:9".parse().unwrap()])],
         keys,
         SKEW,
         7,
@@ -40,7 +40,7 @@ fn answering(name: &str, group: u32, keys: Keys) -> (SocketAddr, tokio::task::Jo
 fn asker(keys: Keys) -> Asker {
     Asker {
         group_id: GROUP,
-        me: "a".into(),
+        me: "a".parse().unwrap(),
         local: "127.0.0.1".parse().unwrap(),
         keys,
         attempts: 2,
@@ -59,7 +59,7 @@ async fn a_live_peer_with_the_same_key_answers() {
     let (addr, task) = answering("b", GROUP, KEY.to_vec().into());
     let checks = tokio::time::timeout(
         GUARD,
-        asker(KEY.to_vec().into()).check_all(&[("b".into(), vec![addr])]),
+        asker(KEY.to_vec().into()).check_all(&[("b".parse().unwrap(), vec![addr])]),
     )
     .await
     .unwrap();
@@ -135,7 +135,7 @@ async fn names_that_do_not_match_are_named() {
         }
     );
     let mut stranger = asker(KEY.to_vec().into());
-    stranger.me = "z".into();
+    stranger.me = "z".parse().unwrap();
     assert_eq!(ask(&stranger, "b", addr).await, Outcome::UnknownToPeer);
     task.abort();
 }
