@@ -9,6 +9,10 @@
 //!   transition (`ENIPEER_TEST_EARLY_MASTER_HOOK`, debug builds only): nginx fails to bind with
 //!   EADDRNOTAVAIL and the new master never serves.
 //!
+//! - After a forced detach the cloud refuses the old device index on that instance (as AWS may);
+//!   failing back attaches at the next index. The negative control configures the single index
+//!   of old (`device-index = [1]`) and node-a never serves again.
+//!
 //! Needs root; without it each test says so and passes as skipped. Its own test binary, since
 //! the lab's namespaces have fixed names and e2e.rs keeps its own lab for its whole run; the
 //! tests here take turns (one lab at a time).
@@ -195,8 +199,71 @@ fn lab_failback_after_a_forced_detach_attaches_at_the_next_index() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::up(Profile::from_env(), bin());
+    let f = fail_back(&mut lab, &options());
+    assert!(f.yielded, "{}", f.context);
+    assert!(f.served, "node-a serving again: {}", f.context);
+    assert!(
+        f.attaches
+            .contains(&("1".into(), "device-index-after-forced-detach", 400))
+            && f.attaches.contains(&("2".into(), "forwarded", 200)),
+        "node-a's attaches: {:?}",
+        f.attaches
+    );
+    assert!(
+        f.steps
+            .iter()
+            .any(|s| s == "attach refused at device index 1; trying 2"),
+        "the timeline says which index was used: {:?}",
+        f.steps
+    );
+}
+
+/// Negative control: the same failback with only the old index to try (`device-index = [1]`,
+/// what every release before issue 10 did) never serves on node-a: the refusal is final.
+#[test]
+fn lab_failback_with_a_single_device_index_never_serves_again() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::up(Profile::from_env(), bin());
+    let single = AgentOptions {
+        device_indexes: Some(&[1]),
+        ..options()
+    };
+    let f = fail_back(&mut lab, &single);
+    assert!(!f.served, "node-a must not serve: {}", f.context);
+    assert!(
+        f.attaches
+            .contains(&("1".into(), "device-index-after-forced-detach", 400)),
+        "node-a's attaches: {:?}",
+        f.attaches
+    );
+    assert!(
+        f.attaches.iter().all(|(index, _, _)| index == "1"),
+        "no other index was tried: {:?}",
+        f.attaches
+    );
+}
+
+/// What a failback to node-a after a forced detach from it looked like.
+struct Failback {
+    /// `enipeer yield` on node-b reported success.
+    yielded: bool,
+    /// node-a served through the EIP within 20 s of the yield.
+    served: bool,
+    /// node-a's AttachNetworkInterface calls: (device index, front's outcome, HTTP status).
+    attaches: Vec<(String, &'static str, u16)>,
+    /// node-a's last failover timeline labels.
+    steps: Vec<String>,
+    context: String,
+}
+
+/// Freezes node-a so node-b force-detaches the ENI, thaws it, waits out its hold-down and has
+/// node-b yield back to it. The front refuses node-a's old index after the forced detach.
+fn fail_back(lab: &mut Lab, o: &AgentOptions) -> Failback {
     lab.front.refuse_index_after_forced_detach();
-    lab.start_pair(&options());
+    lab.start_pair(o);
     lab.freeze(A);
     lab.wait_for("node-b serving", Duration::from_secs(20), |l| l.serving(B));
     let forced =
@@ -214,17 +281,14 @@ fn lab_failback_after_a_forced_detach_attaches_at_the_next_index() {
         },
     );
     let out = lab.cli(B, &["yield", "--timeout", "15s"]);
-    assert!(
-        out.status.success(),
-        "{}\n--- node-a ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        tail(&lab.logs(A), 40)
-    );
-    lab.wait_for("node-a serving again", Duration::from_secs(20), |l| {
-        l.serving(A)
-    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut served = false;
+    while Instant::now() < deadline && !served {
+        served = lab.serving(A);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let a_id = lab.seeded.instance(A).to_string();
-    let attaches: Vec<(String, &'static str, u16)> = lab
+    let attaches = lab
         .front
         .calls()
         .into_iter()
@@ -238,20 +302,22 @@ fn lab_failback_after_a_forced_detach_attaches_at_the_next_index() {
             )
         })
         .collect();
-    assert!(
-        attaches.contains(&("1".into(), "device-index-after-forced-detach", 400))
-            && attaches.contains(&("2".into(), "forwarded", 200)),
-        "node-a's attaches: {attaches:?}"
-    );
-    let steps: Vec<String> = lab
+    let steps = lab
         .role(A)
         .and_then(|r| r.last_failover)
         .map(|t| t.steps.into_iter().map(|s| s.label).collect())
         .unwrap_or_default();
-    assert!(
-        steps
-            .iter()
-            .any(|s| s == "attach refused at device index 1; trying 2"),
-        "the timeline says which index was used: {steps:?}"
+    let context = format!(
+        "yield: {}{}\n--- node-a ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        tail(&lab.logs(A), 40)
     );
+    Failback {
+        yielded: out.status.success(),
+        served,
+        attaches,
+        steps,
+        context,
+    }
 }

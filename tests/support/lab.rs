@@ -190,6 +190,8 @@ pub struct AgentOptions {
     pub dead_interval: &'static str,
     pub repair: bool,
     pub hold_down: &'static str,
+    /// `group.device-index` as a list; `None` keeps the example's (1, then the next two).
+    pub device_indexes: Option<&'static [i64]>,
 }
 
 impl Default for AgentOptions {
@@ -199,6 +201,7 @@ impl Default for AgentOptions {
             dead_interval: "1s",
             repair: true,
             hold_down: "30s",
+            device_indexes: None,
         }
     }
 }
@@ -464,6 +467,9 @@ pub fn agent_config_table(side: Side, eni: &str, o: &AgentOptions, dir: &Path) -
         )
         .set("control", "socket", path(socket_path(side, dir)))
         .set("stop", "restart-grace", "10s");
+    if let Some(list) = o.device_indexes {
+        c.set("group", "device-index", list.to_vec());
+    }
     c
 }
 
