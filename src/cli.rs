@@ -192,7 +192,7 @@ fn run(path: &Path) -> i32 {
             return crate::exit::CONFIG;
         }
     };
-    logging::init();
+    logging::init(&settings.log.level);
     // One thread: the daemon's work is a few packets a second and some API calls, and a
     // single-threaded runtime keeps its footprint small and its behaviour easy to reason about.
     let rt = match tokio::runtime::Builder::new_current_thread()

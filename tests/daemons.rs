@@ -31,6 +31,8 @@ struct Node {
     socket: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// ENIPEER_LOG for the daemon; `None` leaves the level to `log.level`.
+    log_env: Option<&'static str>,
 }
 
 impl Drop for Node {
@@ -79,10 +81,7 @@ impl Cluster {
         peer_port: u16,
     ) -> Node {
         let config = dir.join(format!("{name}.toml"));
-        let metrics_port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free TCP port");
+        let metrics_port = free_tcp_port();
         let notify_path = dir.join(format!("{name}.notify"));
         let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
         notify
@@ -154,6 +153,7 @@ fake-net = true
             socket,
             log: dir.join(format!("{name}.log")),
             child: None,
+            log_env: Some("debug"),
         }
     }
 
@@ -166,6 +166,13 @@ fake-net = true
     }
 }
 
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
+}
+
 impl Node {
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -173,10 +180,14 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        match self.log_env {
+            Some(level) => cmd.env("ENIPEER_LOG", level),
+            None => cmd.env_remove("ENIPEER_LOG"),
+        };
+        let child = cmd
             .args(["run", "-c"])
             .arg(&self.config)
-            .env("ENIPEER_LOG", "debug")
             .env("NOTIFY_SOCKET", &self.notify_path)
             // Pets every second (half of it).
             .env("WATCHDOG_USEC", "2000000")
@@ -659,6 +670,7 @@ fn maintenance_hands_over_survives_a_restart_and_never_claims() {
 #[test]
 fn sighup_reloads_what_can_change_and_refuses_the_rest_without_a_role_change() {
     let mut c = Cluster::new(Some("i-0000000a"));
+    c.a.log_env = None;
     c.a.start();
     c.b.start();
     wait_for("a master", Duration::from_secs(10), || {
@@ -679,6 +691,31 @@ fn sighup_reloads_what_can_change_and_refuses_the_rest_without_a_role_change() {
     assert_ne!(changed, original);
     reload(&mut c.a, &changed, "config reloaded");
     assert!(c.a.logs().contains("group.hold-down"), "{}", c.a.logs());
+    // The log level and the metrics endpoint change live too. At `info` (log.level's default,
+    // no ENIPEER_LOG) a control request logs nothing; at `debug` it does.
+    c.a.role().expect("role");
+    assert!(!c.a.logs().contains("control request"), "{}", c.a.logs());
+    let old_port = c.a.metrics_port;
+    let new_port = free_tcp_port();
+    let live = format!(
+        "{}\n[log]\nlevel = \"debug\"\n",
+        changed.replace(
+            &format!("127.0.0.1:{old_port}"),
+            &format!("127.0.0.1:{new_port}")
+        )
+    );
+    reload(&mut c.a, &live, "log level changed");
+    c.a.role().expect("role");
+    wait_for("a debug line", Duration::from_secs(5), || {
+        c.a.logs().contains("control request")
+    });
+    c.a.metrics_port = new_port;
+    let scrape = c.a.scrape();
+    assert!(!scrape.samples.is_empty(), "metrics on the new port");
+    assert!(
+        TcpStream::connect(("127.0.0.1", old_port)).is_err(),
+        "the old metrics port is closed"
+    );
     // An invalid file: refused with check's messages, the daemon runs on.
     reload(&mut c.a, &format!("{changed}\n[bogus]\n"), "reload refused");
     assert!(

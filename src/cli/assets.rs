@@ -323,8 +323,9 @@ const MAIN_SECTIONS: &[(&str, &[(&str, &str)])] = &[
         &[
             (
                 "`ENIPEER_LOG`",
-                "Log filter for `run`, in tracing's EnvFilter syntax: `info` (the default), \
-                 `debug` for more, or per module such as `info,enipeer::peer=debug`.",
+                "Log filter for `run`, in tracing's EnvFilter syntax: `info`, `debug` for more, \
+                 or per module such as `info,enipeer::peer=debug`. Overrides `log.level` from \
+                 the file (which, unlike this, changes on reload).",
             ),
             (
                 "`JOURNAL_STREAM`",

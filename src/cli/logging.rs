@@ -11,10 +11,11 @@
 //! transition are `ENIPEER_FROM`, `ENIPEER_TO` and `ENIPEER_REASON` (the README lists them).
 
 use std::os::fd::AsFd;
+use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 /// Put before every structured field's name in the journal.
 pub const FIELD_PREFIX: &str = "ENIPEER";
@@ -59,12 +60,63 @@ fn stderr_id() -> Option<(u64, u64)> {
     Some((st.st_dev, st.st_ino))
 }
 
-fn filter() -> EnvFilter {
-    EnvFilter::try_from_env("ENIPEER_LOG").unwrap_or_else(|_| EnvFilter::new("info"))
+/// The filter in force: `ENIPEER_LOG` when it is set and parses, otherwise `log.level` (which
+/// validation has checked), otherwise `info`.
+fn filter(level: &str) -> EnvFilter {
+    if let Ok(env) = std::env::var(ENV) {
+        if let Ok(f) = EnvFilter::builder().parse(&env) {
+            return f;
+        }
+    }
+    EnvFilter::builder()
+        .parse(level)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Installs the global subscriber for `enipeer run`.
-pub fn init() {
+/// Overrides `log.level` when set (for a one-off debug session without editing the file).
+const ENV: &str = "ENIPEER_LOG";
+
+/// The running filter, so a reload can change it without reinstalling the subscriber.
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Why a reload could not change the log level.
+#[derive(Debug, thiserror::Error)]
+pub enum LevelError {
+    #[error("ENIPEER_LOG is set and overrides log.level: unset it (e.g. in the unit's drop-in) to set the level from the file")]
+    Overridden,
+    #[error("{0:?} is not a log filter")]
+    Invalid(String),
+    #[error("the logger is not installed (not running as `enipeer run`)")]
+    NotInstalled,
+}
+
+impl LevelError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LevelError::Overridden => "overridden",
+            LevelError::Invalid(_) => "invalid",
+            LevelError::NotInstalled => "not-installed",
+        }
+    }
+}
+
+/// Changes the running log filter to `level` (a reload of `log.level`).
+pub fn set_level(level: &str) -> Result<(), LevelError> {
+    if std::env::var_os(ENV).is_some() {
+        return Err(LevelError::Overridden);
+    }
+    let f = EnvFilter::builder()
+        .parse(level)
+        .map_err(|_| LevelError::Invalid(level.to_owned()))?;
+    let handle = FILTER.get().ok_or(LevelError::NotInstalled)?;
+    handle.reload(f).map_err(|_| LevelError::NotInstalled)
+}
+
+/// Installs the global subscriber for `enipeer run`, filtering at `level` (`log.level`).
+pub fn init(level: &str) {
+    let (filter, handle) = reload::Layer::new(filter(level));
+    let _ = FILTER.set(handle);
+    let registry = tracing_subscriber::registry().with(filter);
     let stream = std::env::var("JOURNAL_STREAM").ok();
     let target = choose(stream.as_deref(), stderr_id());
     if target == Target::Journal {
@@ -73,33 +125,33 @@ pub fn init() {
                 let layer = layer
                     .with_field_prefix(Some(FIELD_PREFIX.to_string()))
                     .with_syslog_identifier("enipeer".to_string());
-                tracing_subscriber::registry()
-                    .with(filter())
-                    .with(layer)
-                    .init();
+                registry.with(layer).init();
                 return;
             }
             Err(e) => {
                 // stderr is still the journal: plain lines there, stamped by journald.
-                plain(false);
+                registry.with(plain(false)).init();
                 tracing::warn!(error = %e, "cannot log natively to journald; logging plain text to stderr (priorities and fields are lost)");
                 return;
             }
         }
     }
-    plain(true);
+    registry.with(plain(true)).init();
 }
 
-fn plain(timestamps: bool) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter())
+/// Plain lines on stderr; without timestamps where the journal stamps them anyway.
+fn plain<S>(timestamps: bool) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false);
     if timestamps {
-        builder.init();
+        layer.boxed()
     } else {
-        builder.without_time().init();
+        layer.without_time().boxed()
     }
 }
 

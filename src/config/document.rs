@@ -185,6 +185,13 @@ impl<'a> Document<'a> {
                     &mut out.stripped,
                     &mut out.raw.metrics,
                 ),
+                "log" => self.table(
+                    section,
+                    value,
+                    &mut out.problems,
+                    &mut out.stripped,
+                    &mut out.raw.log,
+                ),
                 "stop" => self.table(
                     section,
                     value,

@@ -164,6 +164,12 @@ pub const TABLES: &[TableDoc] = &[
         doc: "The Prometheus endpoint (`GET /metrics`); off unless `listen` is set.",
     },
     TableDoc {
+        name: "log",
+        array: false,
+        required: false,
+        doc: "What the daemon logs.",
+    },
+    TableDoc {
         name: "stop",
         array: false,
         required: false,
@@ -579,6 +585,17 @@ pub const KEYS: &[KeyDoc] = &[
         range: Range::Any,
         doc: "Where to serve Prometheus metrics, e.g. \"127.0.0.1:9460\"; keep it on loopback \
               unless a scraper must reach it over the network.",
+    },
+    // [log]
+    KeyDoc {
+        table: "log",
+        key: "level",
+        kind: "string",
+        default: KeyDefault::Value("\"info\""),
+        range: Range::Any,
+        doc: "A tracing filter: `error`, `warn`, `info`, `debug` or `trace`, or per module such \
+              as `info,enipeer::cloud=debug`. Changes on reload. The environment variable \
+              ENIPEER_LOG, when set, overrides it.",
     },
     // [stop]
     KeyDoc {

@@ -50,6 +50,7 @@ pub struct Settings {
     pub hooks: HookSettings,
     pub control: ControlSettings,
     pub metrics: MetricsSettings,
+    pub log: LogSettings,
     pub stop: StopSettings,
     /// `[[check]]` tables in file order; empty when none are configured (takeover is then
     /// decided by heartbeats alone).
@@ -175,6 +176,13 @@ pub struct ControlSettings {
 pub struct MetricsSettings {
     /// Where `GET /metrics` is served. Loopback unless the operator chooses otherwise.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// What the daemon logs (`[log]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// A tracing `EnvFilter` directive, checked when the file is validated.
+    pub level: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,6 +514,7 @@ impl Settings {
                 None => "off".to_owned(),
             },
         );
+        row("log level", self.log.level.clone());
         let st = &self.stop;
         row(
             "stop",

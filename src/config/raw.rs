@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub hooks: Option<RawHooks>,
     pub control: Option<RawControl>,
     pub metrics: Option<RawMetrics>,
+    pub log: Option<RawLog>,
     pub stop: Option<RawStop>,
     pub testing: Option<RawTesting>,
     pub check: Option<Vec<RawCheck>>,
@@ -40,6 +41,7 @@ pub const SECTIONS: &[&str] = &[
     "hooks",
     "control",
     "metrics",
+    "log",
     "stop",
     "check",
     "testing",
@@ -166,6 +168,12 @@ pub struct RawControl {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

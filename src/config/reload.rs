@@ -106,6 +106,8 @@ pub fn live_changes(old: &Settings, new: &Settings) -> Result<Vec<&'static str>,
     );
     live("hooks", &old.hooks, &new.hooks);
     live("stop", &old.stop, &new.stop);
+    live("log.level", &old.log.level, &new.log.level);
+    live("metrics.listen", &old.metrics.listen, &new.metrics.listen);
     live("auth", &old.auth, &new.auth);
     Ok(changed)
 }

@@ -641,6 +641,10 @@ fn each_rule_names_its_key() {
             "metrics.port",
         ),
         (
+            Cfg::minimal().set("[log]", "level", "\"info,enipeer=verbose\""),
+            "log.level",
+        ),
+        (
             Cfg::minimal().set("[stop]", "mode", "\"never\""),
             "stop.mode",
         ),

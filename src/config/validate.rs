@@ -311,6 +311,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
         &mut c,
         raw.metrics.as_ref().unwrap_or(&RawMetrics::default()),
     );
+    let log = log(&mut c, raw.log.as_ref().unwrap_or(&RawLog::default()));
     let stop = stop(&mut c, raw.stop.as_ref().unwrap_or(&RawStop::default()));
     let testing = raw.testing.as_ref().and_then(|t| {
         let fake_cloud = match t.fake_cloud.as_deref() {
@@ -356,6 +357,7 @@ pub(crate) fn validate(raw: &RawConfig, failed: &BTreeSet<&'static str>) -> Vali
                 hooks,
                 control,
                 metrics,
+                log,
                 stop,
                 checks,
                 testing,
@@ -893,6 +895,24 @@ fn metrics(c: &mut Checker, m: &RawMetrics) -> MetricsSettings {
             }
         });
     MetricsSettings { listen }
+}
+
+/// `log.level`: checked here with the parser the logger uses, so a typo is caught by `check`
+/// (and refused by a reload) instead of silently logging at the wrong level.
+fn log(c: &mut Checker, l: &RawLog) -> LogSettings {
+    let level = l.level.as_deref().unwrap_or("info");
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+        c.push(
+            "log.level",
+            format!(
+                "{level:?} is not a log filter ({e}): expected error, warn, info, debug or \
+                 trace, or directives such as \"info,enipeer::cloud=debug\""
+            ),
+        );
+    }
+    LogSettings {
+        level: level.to_owned(),
+    }
 }
 
 fn stop(c: &mut Checker, s: &RawStop) -> StopSettings {

@@ -84,7 +84,7 @@ pub struct Node {
     /// In maintenance (with the operator's reason): never claims, hands over as master.
     maintenance: Option<String>,
     /// Peers last seen alive (to tell "lost" and "back" apart), and the lost ones.
-    peers_alive: std::collections::BTreeMap<NodeName, bool>,
+    peers_alive: std::collections::BTreeMap<NodeName, Liveness>,
     /// Since when every cloud query has failed.
     cloud_failing_since: Option<Time>,
 }
@@ -489,16 +489,30 @@ impl Node {
         let mut changes = Vec::new();
         for p in self.peers.iter() {
             let alive = p.last_heard.is_some() && self.peers.alive(p, &self.cfg, now);
-            let was = self.peers_alive.insert(p.name.clone(), alive);
-            match (was, alive) {
-                (Some(true), false) => changes.push(Alert::PeerLost {
-                    peer: p.name.clone(),
-                }),
-                (Some(false), true) => changes.push(Alert::PeerBack {
-                    peer: p.name.clone(),
-                }),
-                _ => {}
-            }
+            let was = self
+                .peers_alive
+                .get(&p.name)
+                .copied()
+                .unwrap_or(Liveness::Never);
+            // "Back" only after "lost": a peer heard for the first time is not news.
+            let (next, alert) = match (was, alive) {
+                (Liveness::Alive, false) => (
+                    Liveness::Lost,
+                    Some(Alert::PeerLost {
+                        peer: p.name.clone(),
+                    }),
+                ),
+                (Liveness::Lost, true) => (
+                    Liveness::Alive,
+                    Some(Alert::PeerBack {
+                        peer: p.name.clone(),
+                    }),
+                ),
+                (Liveness::Never, true) => (Liveness::Alive, None),
+                (state, _) => (state, None),
+            };
+            self.peers_alive.insert(p.name.clone(), next);
+            changes.extend(alert);
         }
         out.extend(changes.into_iter().map(Action::Alert));
     }
@@ -555,6 +569,16 @@ impl Node {
     fn is_best_candidate(&self, now: Time, except: Option<&str>) -> bool {
         self.best_candidate(now, except).as_ref() == Some(&self.cfg.name)
     }
+}
+
+/// What [`Node::notice_peer_changes`] last saw of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    /// Not heard since this node started.
+    Never,
+    Alive,
+    /// Was alive, is not now: redundancy is gone.
+    Lost,
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Unit tests of the health and corroboration rules (issue 11): when a silent holder may be
 //! replaced, what a failing check does on a master and on a backup, stalls and the hold-down.
 
-use super::tests::{claim_of, has, heartbeat, master_a, ms, node_a, transitioned_to, A, B};
+use super::tests::{claim_of, has, heartbeat, master_a, ms, node_a, node_b, transitioned_to, A, B};
 use super::*;
 
 fn corroborated(mut n: Node) -> Node {
@@ -404,6 +404,22 @@ fn losing_and_regaining_a_peer_is_told_once_each() {
     assert!(alerts(&out)
         .iter()
         .any(|x| matches!(x, Alert::PeerBack { peer } if peer == "node-a")));
+}
+
+/// A peer heard for the first time (the pair forming) is not "back": only a lost one is.
+#[test]
+fn a_peer_heard_for_the_first_time_is_not_back() {
+    let mut a = node_a();
+    let b = node_b();
+    let mut all = a.handle(Event::Tick, ms(0));
+    all.extend(a.handle(heartbeat(&b, "node-b"), ms(100)));
+    all.extend(a.handle(Event::Tick, ms(200)));
+    assert!(
+        !alerts(&all)
+            .iter()
+            .any(|x| matches!(x, Alert::PeerBack { .. } | Alert::PeerLost { .. })),
+        "{all:?}"
+    );
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod plan;
 mod reload;
 mod report;
 mod results;
+mod scrape;
 mod signals;
 mod startup;
 #[cfg(test)]
@@ -283,6 +284,8 @@ struct Daemon {
     checks: Option<Supervisor>,
     /// The file the settings came from, re-read on SIGHUP.
     config_path: Option<std::path::PathBuf>,
+    /// The metrics endpoint (`None` only before the loop starts), moved by a reload.
+    scrape: Option<scrape::Scrape>,
     watchdog: signals::Watchdog,
     /// Test seam for the lab's negative control ([`early_hook_seam`]): the on-master hook runs
     /// at the transition, before the host network, as it did before issue 10.
@@ -371,15 +374,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         stop: ctl_stop_tx,
         task: control_task,
     } = control;
-    let scrapes = metrics.map(|l| {
-        info!(listen = ?l.local_addr().ok(), "serving metrics at /metrics");
-        tokio::spawn(crate::metrics::http::serve(
-            l,
-            crate::metrics::init(),
-            ctl_tx.clone(),
-        ))
-    });
-    drop(ctl_tx);
+    let scrape = scrape::Scrape::start(metrics, ctl_tx);
     let (stop_tx, stop_decided) = mpsc::channel::<bool>(1);
     let mut reconcile = tokio::time::interval(settings.network.reconcile_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -405,6 +400,7 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
     let mut d = Daemon::new(settings, instance_id, peer, hooks, workers);
     d.checks = checks;
     d.config_path = config_path;
+    d.scrape = Some(scrape);
     d.serve(&mut inbox).await;
     // Let the stop hooks run (bounded), then close the control socket.
     drop(d.hooks);
@@ -412,8 +408,8 @@ pub async fn run_with(parts: Parts, stops: mpsc::Receiver<StopRequest>) {
         while inbox.hooks.recv().await.is_some() {}
     })
     .await;
-    if let Some(s) = scrapes {
-        s.abort();
+    if let Some(s) = d.scrape.as_mut() {
+        s.stop();
     }
     let _ = ctl_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), control_task).await;
@@ -503,6 +499,7 @@ impl Daemon {
             exit: false,
             checks: None,
             config_path: None,
+            scrape: None,
             watchdog,
             early_hook: early_hook_seam(),
         }

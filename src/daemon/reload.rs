@@ -1,12 +1,13 @@
 //! SIGHUP: re-read the config file, validate it as `enipeer check` does, and apply what can
-//! change live (timings, priority, preempt, hold-down, stop behaviour, hooks, and the keys, which
-//! are re-read for a rotation). An invalid file, or one that changes what cannot change live, is
-//! refused whole with the same messages, and the daemon runs on as before. No role changes.
+//! change live (timings, priority, preempt, hold-down, stop behaviour, hooks, the log level, the
+//! metrics endpoint, and the keys, which are re-read for a rotation). An invalid file, one that
+//! changes what cannot change live, or a new metrics address that cannot be bound, is refused
+//! whole with the same messages, and the daemon runs on as before. No role changes.
 
 use std::path::PathBuf;
 
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{core_config, Daemon, DaemonError};
 use crate::config::{self, Settings};
@@ -31,11 +32,27 @@ impl Daemon {
         let Some(path) = self.config_path.clone() else {
             return error!("reload requested, but this daemon was not started from a file");
         };
-        match self.reloaded_settings(path) {
-            Ok(Some(new)) => self.apply(new).await,
-            Ok(None) => {}
-            Err(()) => {}
+        let Ok(Some(new)) = self.reloaded_settings(path) else {
+            return;
+        };
+        // First, as it is the one part that can still fail: bound before anything changes.
+        if new.metrics.listen != self.settings.metrics.listen {
+            if let Some(scrape) = self.scrape.as_mut() {
+                if let Err(e) = scrape.rebind(new.metrics.listen).await {
+                    return error!(
+                        key = "metrics.listen",
+                        listen = ?new.metrics.listen,
+                        error = %e,
+                        "reload refused, still running on the previous config: cannot listen \
+                         there (metrics.listen); free the port or choose another"
+                    );
+                }
+            }
         }
+        if new.log.level != self.settings.log.level {
+            set_log_level(&new.log.level);
+        }
+        self.apply(new).await;
     }
 
     /// The new settings, or `Err` after logging why they are refused.
@@ -64,6 +81,7 @@ impl Daemon {
         }
     }
 
+    /// Everything but the metrics endpoint and the log level, which [`Daemon::reload`] moved.
     async fn apply(&mut self, new: Settings) {
         match config::keyfile::read_keys(&new.auth) {
             Ok(keys) => self.peer.set_keys(keys),
@@ -78,5 +96,14 @@ impl Daemon {
         let cfg = core_config(&self.settings, &self.instance_id);
         let actions = self.node.reconfigure(cfg, self.now());
         self.execute(actions).await;
+    }
+}
+
+fn set_log_level(level: &str) {
+    use crate::cli::logging::{set_level, LevelError};
+    match set_level(level) {
+        Ok(()) => info!(level, "log level changed (log.level)"),
+        Err(e @ LevelError::Overridden) => warn!(level, "log.level not applied: {e}"),
+        Err(e) => error!(level, kind = e.kind(), "log.level not applied: {e}"),
     }
 }

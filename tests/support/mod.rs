@@ -466,6 +466,9 @@ pub fn settings(
             group: None,
         },
         metrics: Default::default(),
+        log: enipeer::config::LogSettings {
+            level: "info".into(),
+        },
         stop: StopSettings {
             mode: StopMode::Auto,
             restart_grace: Duration::from_secs(30),

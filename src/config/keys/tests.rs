@@ -117,6 +117,7 @@ fn the_documented_keys_are_exactly_the_parsers_keys() {
         ("control", parser_fields::<RawControl>()),
         ("stop", parser_fields::<RawStop>()),
         ("metrics", parser_fields::<RawMetrics>()),
+        ("log", parser_fields::<RawLog>()),
         ("check", parser_fields::<RawCheck>()),
     ];
     let sections: BTreeSet<String> = parser_fields::<RawConfig>();
