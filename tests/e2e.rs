@@ -180,6 +180,7 @@ fn lab_agent_config_is_the_shipped_example_with_overrides() {
             Some("http://198.18.0.2:4566")
         );
         assert_eq!(s.control.socket, dir.join(format!("{}.sock", side.name())));
+        assert_eq!(s.node.state_dir, dir.join(format!("{}.state", side.name())));
         // Not overridden, so the example's.
         let example_int = |sec: &str, key: &str| {
             example

@@ -416,6 +416,11 @@ fn socket_path(side: Side, dir: &Path) -> PathBuf {
     dir.join(format!("{}.sock", side.name()))
 }
 
+/// The node's `node.state-dir` in a lab whose files are in `dir`.
+pub fn state_dir_path(side: Side, dir: &Path) -> PathBuf {
+    dir.join(format!("{}.state", side.name()))
+}
+
 fn nginx_conf_path(side: Side, dir: &Path) -> PathBuf {
     dir.join(format!("nginx-{}.conf", side.name()))
 }
@@ -434,6 +439,9 @@ pub fn agent_config_table(side: Side, eni: &str, o: &AgentOptions, dir: &Path) -
     let nginx = path(nginx_conf_path(side, dir));
     let mut c = AgentConfig::example();
     c.set("node", "name", side.name())
+        // Each node's own state (the maintenance mode), in the lab's directory: never the
+        // machine's /var/lib/enipeer, which both nodes would share and a later run would read.
+        .set("node", "state-dir", path(state_dir_path(side, dir)))
         .single_peer(peer.name(), &[peer.node_ip()])
         .set("group", "eni", eni)
         .set("group", "hold-down", o.hold_down)
@@ -656,6 +664,8 @@ impl Lab {
         self.apply_seed(seeded);
         for side in Side::BOTH {
             let _ = std::fs::remove_file(&self.node(side).socket);
+            // A scenario's maintenance mode ends with it.
+            let _ = std::fs::remove_dir_all(state_dir_path(side, &self.dir));
             if self
                 .node_mut(side)
                 .nginx
@@ -702,6 +712,12 @@ impl Lab {
     pub fn write_config(&self, side: Side, o: &AgentOptions) {
         let text = agent_config(side, self.seeded.eni.as_str(), o, &self.dir);
         std::fs::write(&self.node(side).config, text).expect("agent config");
+    }
+
+    /// Writes `c` (from [`agent_config_table`], with a scenario's overrides) as the agent
+    /// config of `side`.
+    pub fn write_config_table(&self, side: Side, c: &AgentConfig) {
+        std::fs::write(&self.node(side).config, c.render()).expect("agent config");
     }
 
     pub fn start_agent(&mut self, side: Side) {
@@ -900,6 +916,11 @@ impl Lab {
     pub fn start_pair(&mut self, o: &AgentOptions) {
         self.write_config(Side::A, o);
         self.write_config(Side::B, o);
+        self.start_pair_as_written();
+    }
+
+    /// [`Lab::start_pair`] with the configs already written (for scenarios that override more).
+    pub fn start_pair_as_written(&mut self) {
         self.start_agent(Side::A);
         self.wait_for("node-a master", Duration::from_secs(20), |l| {
             l.role(Side::A).is_some_and(|r| r.role == "master") && l.serving(Side::A)
