@@ -82,10 +82,12 @@ measure: lab-deps
 ## enipeer against keepalived 2.2 + the AWS CLI recipe in the lab, both cloud profiles, in one
 ## sitting (tests/bench.rs): a table and idle cost on stdout, docs/bench.svg and docs/bench.md.
 ## BENCH_QUICK=1 runs 2 failovers per setting instead of 10 (instant) / 5 (aws-like). Needs root;
-## installs keepalived and the lab's Python when missing. A benchmark: not part of CI.
+## installs keepalived and the lab's Python when missing. A benchmark: not part of CI. The agent
+## measured is the release build (what the packages ship), so the idle cost is the real one.
 bench: LAB_DEPS_ARGS = --lab keepalived:keepalived
-bench: lab-deps
-	$(CARGO) test --quiet --test bench bench -- --ignored --nocapture
+bench: lab-deps release
+	ENIPEER_LAB_BIN=$(TARGET_DIR)/release/enipeer \
+		$(CARGO) test --quiet --test bench bench -- --ignored --nocapture
 
 ## Removes a lab left behind by a killed run (its namespaces, and what runs in them).
 clean-lab:
