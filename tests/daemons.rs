@@ -619,6 +619,11 @@ fn maintenance_hands_over_survives_a_restart_and_never_claims() {
     let a = c.a.role().expect("role");
     assert_eq!(a.role, "backup");
     assert_eq!(a.maintenance.as_deref(), Some("kernel update"));
+    assert_eq!(
+        sample(&c.a.scrape(), "enipeer_maintenance", None),
+        Some(1.0),
+        "and in metrics"
+    );
     let b = c.b.role().expect("role");
     assert_eq!(b.peers[0].maintenance, Some(true), "the peer knows");
     // b in turn cannot hand over to a node in maintenance without --force.

@@ -95,6 +95,8 @@ pub struct Metrics {
     net_repairs: Counter,
     check_up: Family<CheckLabel, Gauge>,
     healthy: Gauge,
+    maintenance: Gauge,
+    peer_maintenance: Family<PeerLabel, Gauge>,
     /// 0 when the last scrape got no answer from the loop in time: the state gauges are stale.
     loop_responsive: Gauge,
 }
@@ -134,6 +136,8 @@ impl Metrics {
             net_repairs: Counter::default(),
             check_up: Family::default(),
             healthy: Gauge::default(),
+            maintenance: Gauge::default(),
+            peer_maintenance: Family::default(),
             loop_responsive: Gauge::default(),
             registry: Registry::default(),
         };
@@ -224,6 +228,16 @@ impl Metrics {
             m.healthy.clone(),
         );
         r.register(
+            "maintenance",
+            "1 while this node is in maintenance (never claims, hands the ENI over)",
+            m.maintenance.clone(),
+        );
+        r.register(
+            "peer_maintenance",
+            "1 while the peer says it is in maintenance (absent until heard)",
+            m.peer_maintenance.clone(),
+        );
+        r.register(
             "loop_responsive",
             "0 when the event loop did not answer the last scrape in time",
             m.loop_responsive.clone(),
@@ -267,6 +281,20 @@ impl Metrics {
         self.hold_down
             .set(r.hold_down_ms_left.unwrap_or(0) as f64 / 1000.0);
         self.healthy.set(i64::from(r.health.healthy));
+        self.maintenance.set(i64::from(r.maintenance.is_some()));
+        for p in &r.peers {
+            let l = PeerLabel {
+                peer: p.name.clone(),
+            };
+            match p.maintenance {
+                Some(on) => {
+                    self.peer_maintenance.get_or_create(&l).set(i64::from(on));
+                }
+                None => {
+                    self.peer_maintenance.remove(&l);
+                }
+            }
+        }
         for c in &r.health.checks {
             let l = CheckLabel {
                 check: c.name.clone(),

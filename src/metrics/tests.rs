@@ -53,6 +53,21 @@ fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 #[test]
+fn maintenance_shows_for_this_node_and_its_peer() {
+    let m = Metrics::new();
+    let mut r = report();
+    r.maintenance = Some("kernel update".into());
+    r.peers[0].maintenance = Some(true);
+    m.apply(&r);
+    let text = m.encode();
+    assert!(text.contains("enipeer_maintenance 1"), "{text}");
+    assert!(
+        text.contains("enipeer_peer_maintenance{peer=\"node-b\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_snapshot_sets_the_state_gauges() {
     let m = Metrics::new();
     m.apply(&report());
@@ -86,6 +101,11 @@ fn the_snapshot_sets_the_state_gauges() {
         "an unknown check has no value: {text}"
     );
     assert!(text.contains("enipeer_healthy 0"), "{text}");
+    assert!(text.contains("enipeer_maintenance 0"), "{text}");
+    assert!(
+        !text.contains("enipeer_peer_maintenance{"),
+        "a peer not known to be in maintenance or not has no value: {text}"
+    );
     assert!(text.contains("enipeer_loop_responsive 1"), "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
     m.stale();
