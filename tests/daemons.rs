@@ -721,13 +721,25 @@ fn sighup_reloads_what_can_change_and_refuses_the_rest_without_a_role_change() {
         TcpStream::connect(("127.0.0.1", old_port)).is_err(),
         "the old metrics port is closed"
     );
-    // An invalid file: refused with check's messages, the daemon runs on.
-    reload(&mut c.a, &format!("{changed}\n[bogus]\n"), "reload refused");
+    // A metrics address that cannot be bound refuses the whole reload: the level stays.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let clash = live
+        .replace(
+            &format!("127.0.0.1:{new_port}"),
+            &format!("127.0.0.1:{taken_port}"),
+        )
+        .replace("level = \"debug\"", "level = \"warn\"");
+    reload(&mut c.a, &clash, "cannot listen there (metrics.listen)");
+    assert_eq!(c.a.logs().matches("log level changed").count(), 1);
     assert!(
-        c.a.logs().contains("bogus"),
-        "names the bad key: {}",
-        c.a.logs()
+        !c.a.scrape().samples.is_empty(),
+        "still on the previous port"
     );
+    drop(taken);
+    // An invalid file: refused with check's messages, the daemon runs on.
+    // (Waits for the key's name: earlier refusals are in the log already.)
+    reload(&mut c.a, &format!("{changed}\n[bogus]\n"), "bogus");
     // A key that cannot change live: refused, naming it.
     let eni = changed.replace("eni-0123456789abcdef0", "eni-0fedcba9876543210");
     reload(&mut c.a, &eni, "reload refused: group.eni");

@@ -4,7 +4,7 @@
 //! changes what cannot change live, or a new metrics address that cannot be bound, is refused
 //! whole with the same messages, and the daemon runs on as before. No role changes.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -32,7 +32,7 @@ impl Daemon {
         let Some(path) = self.config_path.clone() else {
             return error!("reload requested, but this daemon was not started from a file");
         };
-        let Ok(Some(new)) = self.reloaded_settings(path) else {
+        let Some((new, changed)) = self.reloaded_settings(&path) else {
             return;
         };
         // First, as it is the one part that can still fail: bound before anything changes.
@@ -49,34 +49,32 @@ impl Daemon {
                 }
             }
         }
+        info!(file = %path.display(), changed = ?changed, "config reloaded");
         if new.log.level != self.settings.log.level {
             set_log_level(&new.log.level);
         }
         self.apply(new).await;
     }
 
-    /// The new settings, or `Err` after logging why they are refused.
-    fn reloaded_settings(&self, path: PathBuf) -> Result<Option<Settings>, ()> {
-        let new = match config::load(&path) {
+    /// The new settings and the keys that change, or `None` after logging why they are refused.
+    fn reloaded_settings(&self, path: &Path) -> Option<(Settings, Vec<&'static str>)> {
+        let new = match config::load(path) {
             Ok(s) => s,
             Err(e) => {
                 error!(
                     file = %path.display(),
                     "reload refused, still running on the previous config:\n{e}"
                 );
-                return Err(());
+                return None;
             }
         };
         match config::live_changes(&self.settings, &new) {
-            Ok(changed) => {
-                info!(file = %path.display(), changed = ?changed, "config reloaded");
-                Ok(Some(new))
-            }
+            Ok(changed) => Some((new, changed)),
             Err(refused) => {
                 for p in &refused {
                     error!(key = %p.key, "reload refused: {}: {}", p.key, p.message);
                 }
-                Err(())
+                None
             }
         }
     }
