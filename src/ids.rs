@@ -1,7 +1,8 @@
 //! The identifiers enipeer handles: AWS ids (checked for their prefix and shape) and node names.
 //! Each is parsed once at the edge (config, heartbeat decoding, the cloud's answers), so that a
 //! typo in the config is caught at `enipeer check` time rather than at the first failover, and
-//! the core never compares an instance id with a node name.
+//! the core holds no unchecked id or name. (A name derefs to `&str` and an id compares with one,
+//! so the types keep the two apart where a value is stored or passed typed, not everywhere.)
 
 use std::fmt;
 use std::str::FromStr;

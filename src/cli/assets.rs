@@ -281,11 +281,12 @@ const MAIN_SECTIONS: &[(&str, &[(&str, &str)])] = &[
                 "`SIGHUP`",
                 "Reload (`systemctl reload enipeer`): the config file is read and validated as \
                  `enipeer check` does; timings, priority, preempt, the hold-down, stop \
-                 behaviour and hooks change at once without a role change, and the key files \
-                 are re-read (key rotation). A file that is invalid, or that changes what cannot \
-                 change live (node name, peers, group id, ENI, bind address, network, checks, \
-                 control socket), is refused whole with messages naming each key, and the \
-                 daemon runs on with the old config.",
+                 behaviour, hooks, `log.level` and `metrics.listen` change at once without a \
+                 role change, and the key files are re-read (key rotation). A file that is \
+                 invalid, that changes what cannot change live (node name, peers, group id, \
+                 ENI, bind address, network, checks, control socket), or whose new metrics \
+                 address cannot be bound, is refused whole with messages naming each key, and \
+                 the daemon runs on with the old config.",
             ),
         ],
     ),

@@ -60,17 +60,30 @@ fn stderr_id() -> Option<(u64, u64)> {
     Some((st.st_dev, st.st_ino))
 }
 
-/// The filter in force: `ENIPEER_LOG` when it is set and parses, otherwise `log.level` (which
-/// validation has checked), otherwise `info`.
+/// `ENIPEER_LOG` as a filter: set, not empty and valid (checked as `log.level` is).
+fn env_filter() -> Option<EnvFilter> {
+    let env = std::env::var(ENV).ok()?;
+    crate::config::check_log_filter(&env).ok()?;
+    EnvFilter::builder().parse(&env).ok()
+}
+
+/// The filter in force: `ENIPEER_LOG` when it is usable, otherwise `log.level` (which validation
+/// has checked), otherwise `info`.
 fn filter(level: &str) -> EnvFilter {
+    env_filter().unwrap_or_else(|| {
+        EnvFilter::builder()
+            .parse(level)
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    })
+}
+
+/// Said once the logger is up: an `ENIPEER_LOG` that is set but cannot be used is ignored.
+fn warn_unusable_env() {
     if let Ok(env) = std::env::var(ENV) {
-        if let Ok(f) = EnvFilter::builder().parse(&env) {
-            return f;
+        if let Err(why) = crate::config::check_log_filter(&env) {
+            tracing::warn!(value = %env, "ENIPEER_LOG ignored ({why}); logging at log.level: fix or unset it");
         }
     }
-    EnvFilter::builder()
-        .parse(level)
-        .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Overrides `log.level` when set (for a one-off debug session without editing the file).
@@ -102,9 +115,10 @@ impl LevelError {
 
 /// Changes the running log filter to `level` (a reload of `log.level`).
 pub fn set_level(level: &str) -> Result<(), LevelError> {
-    if std::env::var_os(ENV).is_some() {
+    if env_filter().is_some() {
         return Err(LevelError::Overridden);
     }
+    crate::config::check_log_filter(level).map_err(|_| LevelError::Invalid(level.to_owned()))?;
     let f = EnvFilter::builder()
         .parse(level)
         .map_err(|_| LevelError::Invalid(level.to_owned()))?;
@@ -126,6 +140,7 @@ pub fn init(level: &str) {
                     .with_field_prefix(Some(FIELD_PREFIX.to_string()))
                     .with_syslog_identifier("enipeer".to_string());
                 registry.with(layer).init();
+                warn_unusable_env();
                 return;
             }
             Err(e) => {
@@ -137,6 +152,7 @@ pub fn init(level: &str) {
         }
     }
     registry.with(plain(true)).init();
+    warn_unusable_env();
 }
 
 /// Plain lines on stderr; without timestamps where the journal stamps them anyway.

@@ -30,6 +30,7 @@ pub use check::{
     DEFAULT_HTTP_PORT, MAX_CHECKS,
 };
 pub use reload::live_changes;
+pub use validate::check_log_filter;
 
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/enipeer/enipeer.toml";

@@ -1,5 +1,5 @@
 //! What a reload (SIGHUP) may change in a running daemon. Timings, priorities, preempt, the
-//! hold-down, stop behaviour and hooks change live; what identifies the node, the group, the ENI
+//! hold-down, stop behaviour, hooks, the log level and the metrics endpoint change live; what identifies the node, the group, the ENI
 //! or the sockets, and what the host network and cloud client were built from, does not: a
 //! reload that changes those is refused whole, naming each key, so the daemon never runs on a
 //! mix of two files. Key files are re-read on every reload (that is how keys are rotated).

@@ -645,6 +645,11 @@ fn each_rule_names_its_key() {
             "log.level",
         ),
         (
+            Cfg::minimal().set("[log]", "level", "\"warning\""),
+            "log.level",
+        ),
+        (Cfg::minimal().set("[log]", "level", "\"\""), "log.level"),
+        (
             Cfg::minimal().set("[stop]", "mode", "\"never\""),
             "stop.mode",
         ),

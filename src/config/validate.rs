@@ -897,22 +897,48 @@ fn metrics(c: &mut Checker, m: &RawMetrics) -> MetricsSettings {
     MetricsSettings { listen }
 }
 
-/// `log.level`: checked here with the parser the logger uses, so a typo is caught by `check`
-/// (and refused by a reload) instead of silently logging at the wrong level.
+/// `log.level`: checked here, so a typo is caught by `check` (and refused by a reload) instead
+/// of silently logging at the wrong level. Stricter than the logger's own parser, which reads a
+/// bare word such as "warning" as a module name and would then drop every line of ours.
 fn log(c: &mut Checker, l: &RawLog) -> LogSettings {
     let level = l.level.as_deref().unwrap_or("info");
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+    if let Err(why) = check_log_filter(level) {
         c.push(
             "log.level",
             format!(
-                "{level:?} is not a log filter ({e}): expected error, warn, info, debug or \
-                 trace, or directives such as \"info,enipeer::cloud=debug\""
+                "{level:?}: {why}: expected off, error, warn, info, debug or trace, or \
+                 directives such as \"info,enipeer::cloud=debug\""
             ),
         );
     }
     LogSettings {
         level: level.to_owned(),
     }
+}
+
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// Each comma-separated directive is a level, or `target=level` (span filters in `[...]` are
+/// left to the logger's parser).
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    if filter.trim().is_empty() {
+        return Err("empty (it would log nothing)".into());
+    }
+    for d in filter.split(',').map(str::trim) {
+        let level = match d.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => return Err(format!("{d:?} has no target before '='")),
+            None if d.contains('[') => continue,
+            None => d,
+        };
+        if !LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+            return Err(format!("{level:?} in {d:?} is not a level"));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn stop(c: &mut Checker, s: &RawStop) -> StopSettings {

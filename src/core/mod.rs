@@ -488,7 +488,8 @@ impl Node {
     fn notice_peer_changes(&mut self, now: Time, out: &mut Vec<Action>) {
         let mut changes = Vec::new();
         for p in self.peers.iter() {
-            let alive = p.last_heard.is_some() && self.peers.alive(p, &self.cfg, now);
+            // A real heartbeat, not a `last_heard` given to a claim's winner to judge it later.
+            let alive = p.incarnation.is_some() && self.peers.alive(p, &self.cfg, now);
             let was = self
                 .peers_alive
                 .get(&p.name)

@@ -286,7 +286,8 @@ impl Metrics {
             let l = PeerLabel {
                 peer: p.name.clone(),
             };
-            match p.maintenance {
+            // Only what a live peer says: a dead one's last word goes stale.
+            match p.maintenance.filter(|_| p.alive) {
                 Some(on) => {
                     self.peer_maintenance.get_or_create(&l).set(i64::from(on));
                 }
@@ -321,7 +322,8 @@ impl Metrics {
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
-/// Turns metrics on for this process; called once at start when `[metrics] listen` is set.
+/// Turns metrics on for this process: at start when `[metrics] listen` is set, or at the reload
+/// that sets it (counters then start at 0 there, and keep counting if it is unset again).
 pub fn init() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }

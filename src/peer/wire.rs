@@ -51,6 +51,8 @@ pub const ECHO_VERSION: u8 = 2;
 pub const MAX_PACKET: usize = 512;
 /// Longest node name, instance id or yield target the format carries.
 pub const MAX_STR: usize = 32;
+// Every node name fits: encoding a heartbeat cannot fail on one.
+const _: () = assert!(crate::ids::MAX_NAME_LEN <= MAX_STR);
 pub const MAC_LEN: usize = 32;
 
 const PREAMBLE_LEN: usize = MAGIC.len() + 1;
