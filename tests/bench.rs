@@ -115,12 +115,6 @@ fn jitter() -> f64 {
     (x % 10_000) as f64 / 10_000.0
 }
 
-fn bin() -> PathBuf {
-    std::env::var_os("ENIPEER_LAB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_enipeer")))
-}
-
 /// Starts `agent` on both nodes (node-a master, node-b backup) after a reset.
 fn start(lab: &mut Lab, agent: Agent) -> Option<Keepalived> {
     lab.reset();
@@ -358,7 +352,7 @@ fn bench() {
     let window = secs(if quick() { 10.0 } else { 60.0 });
     let (mut all, mut idle_cost) = (Vec::new(), Vec::new());
     for profile in [Profile::Instant, Profile::AwsLike] {
-        let mut lab = Lab::up(profile, bin());
+        let mut lab = Lab::up(profile, support::lab::agent_bin());
         if profile == Profile::Instant {
             for agent in [Agent::ALL[0], Agent::ALL[2]] {
                 println!("idle: {} for {:?}", agent.label(), window);

@@ -15,7 +15,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, Once, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,31 +29,17 @@ use support::Side::{self, A, B};
 /// serializes the tests, which cargo runs on several threads: the namespaces have fixed names.
 static LAB: Mutex<Option<Lab>> = Mutex::new(None);
 
-fn bin() -> PathBuf {
-    std::env::var_os("ENIPEER_LAB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_enipeer")))
-}
-
-fn skip() -> bool {
-    if let Err(e) = Lab::preflight() {
-        eprintln!("SKIPPED: {e}");
-        return true;
-    }
-    false
-}
-
 /// Runs `f` on the shared lab, building it on first use; one test at a time. A test that
 /// panicked leaves the lab as it was, and the next one starts with `reset`. Without root (or
 /// nginx, nftables) the test says why and passes as skipped.
 fn with_lab(f: impl FnOnce(&mut Lab)) {
-    if skip() {
+    if support::lab::unavailable() {
         return;
     }
     let mut guard = LAB.lock().unwrap_or_else(|e| e.into_inner());
     if guard.is_none() {
         let built = Instant::now();
-        *guard = Some(Lab::up(Profile::from_env(), bin()));
+        *guard = Some(Lab::up(Profile::from_env(), support::lab::agent_bin()));
         println!("  lab built in {:?}", built.elapsed());
         static TEARDOWN: Once = Once::new();
         // SAFETY: atexit only records a function pointer; `teardown` captures nothing.

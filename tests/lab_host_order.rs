@@ -19,7 +19,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,20 +27,6 @@ use support::Side::{self, A, B};
 
 /// One lab at a time: the namespaces have fixed names.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn bin() -> PathBuf {
-    std::env::var_os("ENIPEER_LAB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_enipeer")))
-}
-
-fn skip() -> bool {
-    if let Err(e) = Lab::preflight() {
-        eprintln!("SKIPPED: {e}");
-        return true;
-    }
-    false
-}
 
 fn options() -> AgentOptions {
     AgentOptions {
@@ -151,11 +136,11 @@ fn context(lab: &Lab, t: &Takeover) -> String {
 
 #[test]
 fn lab_hooks_start_after_the_address_exists() {
-    if skip() {
+    if support::lab::unavailable() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::up(Profile::from_env(), bin());
+    let mut lab = Lab::up(Profile::from_env(), support::lab::agent_bin());
     bound_pair(&mut lab, false);
     let t = fail_over_to_b(&mut lab);
     assert!(
@@ -171,11 +156,11 @@ fn lab_hooks_start_after_the_address_exists() {
 /// before issue 10) leaves node-b master without its service.
 #[test]
 fn lab_hooks_started_early_leave_the_new_master_without_its_service() {
-    if skip() {
+    if support::lab::unavailable() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::up(Profile::from_env(), bin());
+    let mut lab = Lab::up(Profile::from_env(), support::lab::agent_bin());
     bound_pair(&mut lab, true);
     let t = fail_over_to_b(&mut lab);
     assert!(!t.served, "{}", context(&lab, &t));
@@ -194,11 +179,11 @@ fn lab_hooks_started_early_leave_the_new_master_without_its_service() {
 /// back to node-a attaches the ENI at the next index and the client is served.
 #[test]
 fn lab_failback_after_a_forced_detach_attaches_at_the_next_index() {
-    if skip() {
+    if support::lab::unavailable() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::up(Profile::from_env(), bin());
+    let mut lab = Lab::up(Profile::from_env(), support::lab::agent_bin());
     let f = fail_back(&mut lab, &options());
     assert!(f.yielded, "{}", f.context);
     assert!(f.served, "node-a serving again: {}", f.context);
@@ -222,11 +207,11 @@ fn lab_failback_after_a_forced_detach_attaches_at_the_next_index() {
 /// what every release before issue 10 did) never serves on node-a: the refusal is final.
 #[test]
 fn lab_failback_with_a_single_device_index_never_serves_again() {
-    if skip() {
+    if support::lab::unavailable() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::up(Profile::from_env(), bin());
+    let mut lab = Lab::up(Profile::from_env(), support::lab::agent_bin());
     let single = AgentOptions {
         device_indexes: Some(&[1]),
         ..options()

@@ -17,7 +17,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,20 +27,6 @@ use support::Side::{A, B};
 
 /// One lab at a time: the namespaces have fixed names.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn bin() -> PathBuf {
-    std::env::var_os("ENIPEER_LAB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_enipeer")))
-}
-
-fn skip() -> bool {
-    if let Err(e) = Lab::preflight() {
-        eprintln!("SKIPPED: {e}");
-        return true;
-    }
-    false
-}
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
@@ -112,11 +97,11 @@ fn handover_gap_bound(lab: &Lab) -> Duration {
 
 #[test]
 fn lab_maintenance_on_the_master_hands_over_and_survives_a_restart() {
-    if skip() {
+    if support::lab::unavailable() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::up(Profile::from_env(), bin());
+    let mut lab = Lab::up(Profile::from_env(), support::lab::agent_bin());
     lab.start_pair(&AgentOptions::default());
     lab.front.clear_calls();
 
@@ -267,11 +252,11 @@ fn lab_maintenance_on_the_master_hands_over_and_survives_a_restart() {
 
 #[test]
 fn lab_on_event_hook_fires_for_peer_lost_and_back() {
-    if skip() {
+    if support::lab::unavailable() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::up(Profile::from_env(), bin());
+    let mut lab = Lab::up(Profile::from_env(), support::lab::agent_bin());
     let o = AgentOptions::default();
     let events_file = lab.dir().join("node-a.events");
     let mut a = agent_config_table(A, lab.seeded.eni.as_str(), &o, lab.dir());

@@ -9,18 +9,11 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::lab::{AgentOptions, Lab, Layout, Profile};
 use support::netns::{link_by_mac, sh};
 use support::Side::{self, A, B};
-
-fn bin() -> PathBuf {
-    std::env::var_os("ENIPEER_LAB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_enipeer")))
-}
 
 /// The device the master's heartbeats to its peer leave through (`ip route get <peer> from
 /// <bind>`).
@@ -100,7 +93,11 @@ fn lab_shared_subnet_the_new_master_keeps_its_heartbeats_on_the_primary_interfac
         eprintln!("SKIPPED: {e}");
         return;
     }
-    let mut lab = Lab::up_with(Profile::from_env(), bin(), Layout::SharedSubnet);
+    let mut lab = Lab::up_with(
+        Profile::from_env(),
+        support::lab::agent_bin(),
+        Layout::SharedSubnet,
+    );
     let o = AgentOptions::default();
     lab.start_pair(&o);
     assert_eq!(heartbeat_dev(A), "eth0", "node-a, master with the ENI");

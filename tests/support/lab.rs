@@ -183,6 +183,23 @@ impl Profile {
     }
 }
 
+/// The agent binary the lab runs: `ENIPEER_LAB_BIN` (the release build for the bench, the
+/// installed one for the package test), else the one cargo built for this test.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("ENIPEER_LAB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_enipeer")))
+}
+
+/// True (having said why) when this machine cannot run the lab: the test then passes as skipped.
+pub fn unavailable() -> bool {
+    if let Err(e) = Lab::preflight() {
+        eprintln!("SKIPPED: {e}");
+        return true;
+    }
+    false
+}
+
 /// Per-node agent settings that scenarios change (the rest is the shipped example's).
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
