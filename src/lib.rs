@@ -18,6 +18,7 @@ pub mod ids;
 pub mod metrics;
 pub mod net;
 pub mod peer;
+pub mod process;
 pub mod report;
 pub mod timeline;
 

@@ -92,25 +92,7 @@ async fn wait(
 ) -> std::io::Result<ExitStatus> {
     let out = drain(child.stdout.take(), stdout);
     let err = drain(child.stderr.take(), stderr);
-    tokio::pin!(out, err);
-    let (mut out_done, mut err_done) = (false, false);
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status?,
-            _ = &mut out, if !out_done => out_done = true,
-            _ = &mut err, if !err_done => err_done = true,
-        }
-    };
-    let rest = async {
-        if !out_done {
-            out.await;
-        }
-        if !err_done {
-            err.await;
-        }
-    };
-    let _ = tokio::time::timeout(PIPE_GRACE, rest).await;
-    Ok(status)
+    crate::process::while_draining(child.wait(), out, err, PIPE_GRACE).await
 }
 
 /// Kills the program's process group and reaps it, so no zombie and no straggler is left.

@@ -409,28 +409,7 @@ async fn execute(
     let outcome = {
         let out = drain(out_pipe, &mut stdout);
         let err = drain(err_pipe, &mut stderr);
-        tokio::pin!(out, err);
-        let (mut out_done, mut err_done) = (false, false);
-        let supervise = supervise(&mut child, timeout);
-        tokio::pin!(supervise);
-        // Read output while waiting, so a chatty hook never blocks on a full pipe.
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut supervise => break outcome,
-                _ = &mut out, if !out_done => out_done = true,
-                _ = &mut err, if !err_done => err_done = true,
-            }
-        };
-        let rest = async {
-            if !out_done {
-                out.await;
-            }
-            if !err_done {
-                err.await;
-            }
-        };
-        let _ = tokio::time::timeout(PIPE_GRACE, rest).await;
-        outcome
+        crate::process::while_draining(supervise(&mut child, timeout), out, err, PIPE_GRACE).await
     };
     (outcome, stdout, stderr)
 }

@@ -606,6 +606,18 @@ mod tests {
         assert_eq!(counter(&b, "accepted"), 2);
     }
 
+    /// A packet as node "a" (incarnation 1) would send it, signed with `key`.
+    fn from_a(seq: u64, advert: Advert, key: &[u8]) -> Vec<u8> {
+        let header = Header {
+            group_id: GROUP,
+            sender: "a".parse().unwrap(),
+            incarnation: 1,
+            seq,
+            timestamp_ms: unix_ms_now(),
+        };
+        wire::encode(&Packet { header, advert }, key).unwrap()
+    }
+
     #[tokio::test]
     async fn garbage_and_forgeries_are_counted_and_the_link_survives() {
         let (mut a, mut b) = pair();
@@ -631,20 +643,7 @@ mod tests {
         ));
 
         // A well-formed packet claiming to be "a", signed with the wrong key.
-        let forged = wire::encode(
-            &Packet {
-                header: Header {
-                    group_id: GROUP,
-                    sender: "a".parse().unwrap(),
-                    incarnation: 1,
-                    seq: 1_000,
-                    timestamp_ms: unix_ms_now(),
-                },
-                advert: advert(Role::Master, 255),
-            },
-            b"not the key",
-        )
-        .unwrap();
+        let forged = from_a(1_000, advert(Role::Master, 255), b"not the key");
         attacker.send_to(&forged, target).await.unwrap();
         assert!(matches!(
             recv(&mut b).await,
@@ -658,20 +657,7 @@ mod tests {
         let genuine = advert(Role::Master, 200);
         a.send(&genuine).await.unwrap();
         assert!(matches!(recv(&mut b).await, Received::Accepted { .. }));
-        let replay = wire::encode(
-            &Packet {
-                header: Header {
-                    group_id: GROUP,
-                    sender: "a".parse().unwrap(),
-                    incarnation: 1,
-                    seq: 1,
-                    timestamp_ms: unix_ms_now(),
-                },
-                advert: genuine.clone(),
-            },
-            KEY,
-        )
-        .unwrap();
+        let replay = from_a(1, genuine.clone(), KEY);
         attacker.send_to(&replay, target).await.unwrap();
         assert!(matches!(
             recv(&mut b).await,
