@@ -3,7 +3,6 @@
 //! parses it together with hidden build-time helpers (see [`assets`]).
 
 pub mod assets;
-pub mod logging;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -192,7 +191,7 @@ fn run(path: &Path) -> i32 {
             return crate::exit::CONFIG;
         }
     };
-    logging::init(&settings.log.level);
+    crate::logging::init(&settings.log.level);
     // One thread: the daemon's work is a few packets a second and some API calls, and a
     // single-threaded runtime keeps its footprint small and its behaviour easy to reason about.
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod health;
 pub mod hooks;
 pub mod ids;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod peer;

@@ -98,7 +98,7 @@ impl Daemon {
 }
 
 fn set_log_level(level: &str) {
-    use crate::cli::logging::{set_level, LevelError};
+    use crate::logging::{set_level, LevelError};
     match set_level(level) {
         Ok(()) => info!(level, "log level changed (log.level)"),
         Err(e @ LevelError::Overridden) => warn!(level, "log.level not applied: {e}"),
