@@ -343,8 +343,10 @@ fn two_daemons_fail_over_yield_restart_and_reject_bad_packets() {
     assert_eq!(rb.schema_version, 1);
 
     // systemd: READY=1 once the sockets are bound, then WATCHDOG=1 from the loop.
+    // Each call drains the socket, so what earlier polls read is kept.
+    let mut got = String::new();
     wait_for("READY=1 and WATCHDOG=1", Duration::from_secs(5), || {
-        let got = c.a.notifications().join("\n");
+        got.push_str(&c.a.notifications().join("\n"));
         got.contains("READY=1") && got.contains("WATCHDOG=1")
     });
 
