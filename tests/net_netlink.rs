@@ -5,13 +5,15 @@
 
 #[path = "support/netns.rs"]
 mod netns;
+#[path = "support/ra.rs"]
+mod ra;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enipeer::cloud::{EniInfo, Ipv4Net};
+use enipeer::cloud::{EniInfo, Ipv4Net, Ipv6Net};
 use enipeer::config::NetworkSettings;
 use enipeer::net::netlink::NetlinkNet;
 use enipeer::net::{HostNet, NetErrorKind, NetEvent, NetPlan};
@@ -87,6 +89,8 @@ fn plan() -> NetPlan {
         mac: MAC.into(),
         primary_ip: ip4("198.18.1.25"),
         secondary_ips: vec![ip4("198.18.1.26")],
+        ipv6_addresses: Vec::new(),
+        subnet_ipv6_cidr: None,
         subnet_cidr: Some(Ipv4Net {
             addr: ip4("198.18.1.0"),
             prefix: 24,
@@ -693,6 +697,8 @@ fn shared_plan() -> NetPlan {
         mac: MAC.into(),
         primary_ip: ip4(SHARED_ENI_IP),
         secondary_ips: vec![ip4("198.18.0.26")],
+        ipv6_addresses: Vec::new(),
+        subnet_ipv6_cidr: None,
         subnet_cidr: Some(Ipv4Net {
             addr: ip4("198.18.0.0"),
             prefix: 24,
@@ -1013,4 +1019,244 @@ fn a_removal_that_fails_once_leaves_only_what_failed_and_the_retry_cleans_it() {
     );
     assert!(table_rules(&ns, "10001").is_empty());
     assert!(table_routes(&ns, "10001").is_empty());
+}
+
+// ---------- IPv6 ----------
+
+/// The dual-stack ENI: the usual IPv4 plan plus 2001:db8:0:1::25 in 2001:db8:0:1::/64.
+fn dual_stack_plan() -> NetPlan {
+    let info = EniInfo {
+        eni_id: "eni-0123456789abcdef0".parse().unwrap(),
+        status: "in-use".into(),
+        attachment: None,
+        mac: MAC.into(),
+        primary_ip: ip4("198.18.1.25"),
+        secondary_ips: vec![ip4("198.18.1.26")],
+        ipv6_addresses: vec!["2001:db8:0:1::25".parse().unwrap()],
+        subnet_ipv6_cidr: Some(Ipv6Net {
+            addr: "2001:db8:0:1::".parse().unwrap(),
+            prefix: 64,
+        }),
+        subnet_cidr: Some(Ipv4Net {
+            addr: ip4("198.18.1.0"),
+            prefix: 24,
+        }),
+        availability_zone: None,
+    };
+    NetPlan::build(&info, &settings(Duration::from_secs(5)))
+}
+
+/// A host namespace with IPv6 on (the ENI's `nic0`, down) wired to a router namespace whose
+/// `wire0` sends router advertisements from AWS's router link-local address. Two namespaces:
+/// the kernel ignores an RA from one of its own addresses.
+fn dual_stack_pair() -> (Netns, Netns) {
+    let host = Netns::unique("enp-t");
+    let router = Netns::unique("enp-t");
+    host.ip(&[
+        "link", "add", "nic0", "address", MAC, "type", "veth", "peer", "name", "wire0", "netns",
+        router.name(),
+    ]);
+    router.ip(&["link", "set", "wire0", "up"]);
+    (host, router)
+}
+
+/// `ip -6 rule` entries for `table`, as `<priority> from <src>/<len>`.
+fn v6_rules(ns: &Netns, table: &str) -> Vec<String> {
+    let v = ns.json(&["-6", "rule"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["table"].as_str() == Some(table))
+        .map(|r| {
+            format!(
+                "{} from {}/{}",
+                r["priority"],
+                r["src"].as_str().unwrap_or("all"),
+                r["srclen"].as_u64().unwrap_or(128)
+            )
+        })
+        .collect()
+}
+
+/// `ip -6 route show table <table>` as `<dst> via <gw> dev <dev> src <src>`.
+fn v6_routes(ns: &Netns, table: &str) -> Vec<String> {
+    let v = ns.json(&["-6", "route", "show", "table", table]);
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} via {} dev {} src {}",
+                r["dst"].as_str().unwrap_or("?"),
+                r["gateway"].as_str().unwrap_or("-"),
+                r["dev"].as_str().unwrap_or("?"),
+                r["prefsrc"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The global IPv6 addresses on `dev` with their flags.
+fn v6_addrs(ns: &Netns, dev: &str) -> Vec<String> {
+    let v = ns.json(&["-6", "addr", "show", "dev", dev, "scope", "global"]);
+    v[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        // `ip -j` also lists the link's other addresses' lifetimes as bare entries.
+        .filter(|a| a["local"].is_string())
+        .map(|a| {
+            let flags: Vec<&str> = ["tentative", "nodad", "noprefixroute"]
+                .into_iter()
+                .filter(|f| a[*f].as_bool() == Some(true))
+                .collect();
+            format!(
+                "{}/{} {}",
+                a["local"].as_str().unwrap_or("?"),
+                a["prefixlen"],
+                flags.join(",")
+            )
+        })
+        .collect()
+}
+
+/// The main table's IPv6 routes through `dev` other than the link-local one every link has.
+fn v6_main_routes_on(ns: &Netns, dev: &str) -> Vec<String> {
+    let v = ns.json(&["-6", "route", "show", "table", "main", "dev", dev]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dst"].as_str().unwrap_or("?").to_owned())
+        .filter(|d| d != "fe80::/64")
+        .collect()
+}
+
+/// Applies the dual-stack plan, then reconciles on each watch event until the IPv6 default
+/// route via the router is in the ENI's table (bounded: 15 s). Returns how long that took.
+fn apply_and_wait_for_the_router(host: &Netns) -> Duration {
+    host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let plan = dual_stack_plan();
+        let started = Instant::now();
+        net.apply(&plan).await.unwrap();
+        let mut events = net.watch(&plan).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .expect("no router appeared within 15 s");
+            assert_eq!(ev, Some(NetEvent::Changed));
+            let report = net.reconcile(&plan).await.unwrap();
+            if report.changed.iter().any(|c| c.starts_with("route default via fe80")) {
+                return started.elapsed();
+            }
+        }
+    })
+}
+
+#[test]
+fn dual_stack_eni_gets_ipv6_rules_and_routes_in_its_table_via_the_advertised_router() {
+    if !is_root() {
+        return;
+    }
+    let (host, router) = dual_stack_pair();
+    let ra = ra::Advertiser::start(router.name(), "wire0", ra::AWS_ROUTER);
+
+    let took = apply_and_wait_for_the_router(&host);
+    eprintln!(
+        "IPv6 default route in the ENI's table {} ms after the apply started ({} RAs sent)",
+        took.as_millis(),
+        ra.sent()
+    );
+    assert_eq!(
+        v6_addrs(&host, "eni0"),
+        vec!["2001:db8:0:1::25/64 nodad,noprefixroute"],
+        "usable at once (no DAD) and no prefix route"
+    );
+    assert_eq!(v6_rules(&host, "10001"), vec!["10001 from 2001:db8:0:1::25/128"]);
+    assert_eq!(
+        v6_routes(&host, "10001"),
+        vec![
+            "2001:db8:0:1::/64 via - dev eni0 src 2001:db8:0:1::25",
+            "default via fe80::1ff:fe23:4567:890a dev eni0 src 2001:db8:0:1::25",
+        ]
+    );
+    // The RA neither put a default nor a prefix into the main table, nor an address by SLAAC.
+    assert_eq!(v6_main_routes_on(&host, "eni0"), Vec::<String>::new());
+    assert_eq!(sysctl(&host, "/proc/sys/net/ipv6/conf/eni0/accept_ra_defrtr"), "0");
+    assert_eq!(sysctl(&host, "/proc/sys/net/ipv6/conf/eni0/accept_ra_pinfo"), "0");
+    // IPv4 as before.
+    assert_plan_in_place(&host);
+
+    // Reconcile with everything in place changes nothing.
+    let again = host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        net.reconcile(&dual_stack_plan()).await.unwrap().changed
+    });
+    assert!(again.is_empty(), "{again:?}");
+
+    // Removal, by an adapter that did not apply (as after a restart): no IPv6 rule, route or
+    // address is left behind.
+    let removed = host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        net.remove(&dual_stack_plan()).await.unwrap().changed
+    });
+    assert!(
+        removed.iter().any(|r| r.contains("route default via <router from RAs>")),
+        "{removed:?}"
+    );
+    assert_eq!(v6_rules(&host, "10001"), Vec::<String>::new());
+    assert_eq!(v6_routes(&host, "10001"), Vec::<String>::new());
+    assert_eq!(v6_addrs(&host, "eni0"), Vec::<String>::new());
+    assert!(table_rules(&host, "10001").is_empty());
+    assert!(table_routes(&host, "10001").is_empty());
+    drop(ra);
+}
+
+/// The negative control of the removal check: removing with an IPv4-only plan (what releases
+/// before IPv6 support knew of the ENI) leaves the IPv6 rule, routes and address, and the
+/// checks above see them.
+#[test]
+fn removal_that_ignores_ipv6_leaves_the_ipv6_rule_and_routes_behind() {
+    if !is_root() {
+        return;
+    }
+    let (host, router) = dual_stack_pair();
+    let _ra = ra::Advertiser::start(router.name(), "wire0", ra::AWS_ROUTER);
+    apply_and_wait_for_the_router(&host);
+    host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        net.remove(&plan()).await.unwrap();
+    });
+    assert!(table_rules(&host, "10001").is_empty(), "IPv4 is clean");
+    assert_eq!(v6_rules(&host, "10001"), vec!["10001 from 2001:db8:0:1::25/128"]);
+    assert_eq!(v6_routes(&host, "10001").len(), 2);
+    assert_eq!(v6_addrs(&host, "eni0").len(), 1);
+}
+
+/// Without router advertisements the IPv6 default route waits, and nothing else does: the
+/// apply succeeds with IPv4 and the rest of IPv6 in place.
+#[test]
+fn without_router_advertisements_only_the_ipv6_default_route_waits() {
+    if !is_root() {
+        return;
+    }
+    let (host, _router) = dual_stack_pair();
+    let changed = host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        net.apply(&dual_stack_plan()).await.unwrap().changed
+    });
+    assert!(
+        !changed.iter().any(|c| c.contains("default via fe80")),
+        "{changed:?}"
+    );
+    assert_plan_in_place(&host);
+    assert_eq!(
+        v6_routes(&host, "10001"),
+        vec!["2001:db8:0:1::/64 via - dev eni0 src 2001:db8:0:1::25"]
+    );
+    assert_eq!(v6_rules(&host, "10001"), vec!["10001 from 2001:db8:0:1::25/128"]);
 }

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use super::{
     AttachState, CallCount, ClaimHints, ClaimOutcome, ClaimRequest, CloudError, CloudErrorKind,
-    EarlyClaim, EniInfo, Ipv4Net, PollSchedule, ReleaseOutcome, Watched,
+    EarlyClaim, EniInfo, Ipv4Net, Ipv6Net, PollSchedule, ReleaseOutcome, Watched,
 };
 use crate::ids::{EniId, InstanceId};
 use crate::timeline::{Mark, Step};
@@ -460,8 +460,9 @@ pub struct ClaimProc {
     schedule: PollSchedule,
     /// The expected holder's attachment id, when the caller knows it (used once, at the start).
     known_attachment: Option<String>,
-    /// The subnet CIDR from the first description (later polls may not carry it).
+    /// The subnet CIDRs from the first description (later polls may not carry them).
     cidr: Option<Ipv4Net>,
+    cidr6: Option<Ipv6Net>,
     /// The last description, for an early claim.
     latest: Option<Box<EniInfo>>,
     /// The early claim went out: what follows is its confirmation.
@@ -481,6 +482,7 @@ impl ClaimProc {
             schedule: PollSchedule::default(),
             known_attachment: None,
             cidr: None,
+            cidr6: None,
             latest: None,
             early: false,
             calls: CallCount::default(),
@@ -537,7 +539,7 @@ impl ClaimProc {
         let mut info = *self.latest.clone()?;
         self.early = true;
         self.steps.push(Step::mark(Mark::LinkSeen, Instant::now()));
-        info.subnet_cidr = info.subnet_cidr.or(self.cidr);
+        self.fill_cidrs(&mut info);
         let me = &self.ctx.me;
         info.attachment = info.attachment.filter(|a| a.instance_id == *me);
         info!(eni = %self.ctx.eni, "the ENI's link is here: acting on it, the API's `attached` is confirmed in the background");
@@ -545,6 +547,11 @@ impl ClaimProc {
             info,
             steps: std::mem::take(&mut self.steps),
         })
+    }
+
+    fn fill_cidrs(&self, info: &mut EniInfo) {
+        info.subnet_cidr = info.subnet_cidr.or(self.cidr);
+        info.subnet_ipv6_cidr = info.subnet_ipv6_cidr.or(self.cidr6);
     }
 
     fn mark(&mut self, label: impl Into<String>) {
@@ -562,6 +569,7 @@ impl ClaimProc {
     fn look(&mut self, last: Option<Result<Reply, CloudError>>) -> Result<EniInfo, CloudError> {
         let info = expect_info(last)?;
         self.cidr = self.cidr.or(info.subnet_cidr);
+        self.cidr6 = self.cidr6.or(info.subnet_ipv6_cidr);
         self.latest = Some(Box::new(info.clone()));
         Ok(info)
     }
@@ -841,7 +849,7 @@ impl ClaimProc {
                 }
             } else if a.state == AttachState::Attached {
                 self.mark("attached");
-                info.subnet_cidr = info.subnet_cidr.or(self.cidr);
+                self.fill_cidrs(&mut info);
                 let device_index = self.device_index();
                 info!(eni = %self.ctx.eni, device_index, early = self.early, "ENI attached here");
                 return Ok(self.keep(info, already_mine));

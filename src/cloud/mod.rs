@@ -13,7 +13,7 @@ pub mod fake;
 
 pub use error::{CloudError, CloudErrorKind};
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -53,6 +53,13 @@ pub struct Ipv4Net {
     pub prefix: u8,
 }
 
+/// An IPv6 network: address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Net {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
 /// Everything enipeer needs to know about the ENI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EniInfo {
@@ -64,6 +71,10 @@ pub struct EniInfo {
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
     pub subnet_cidr: Option<Ipv4Net>,
+    /// The ENI's IPv6 addresses (none unless its subnet is dual-stack and some were assigned).
+    pub ipv6_addresses: Vec<Ipv6Addr>,
+    /// The subnet's IPv6 CIDR (a /64 on AWS by default), when it has one.
+    pub subnet_ipv6_cidr: Option<Ipv6Net>,
     pub availability_zone: Option<String>,
 }
 

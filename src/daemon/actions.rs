@@ -165,6 +165,11 @@ impl Daemon {
                         .collect()
                 })
                 .unwrap_or_default(),
+            addresses_v6: self
+                .eni
+                .as_ref()
+                .map(|e| e.ipv6_addresses.clone())
+                .unwrap_or_default(),
             event: None,
         }
     }

@@ -97,7 +97,12 @@ impl Daemon {
         let _ = self.net_tx.send(NetJob::Remove(plans));
     }
 
-    pub(super) fn remember_eni(&mut self, info: EniInfo) {
+    pub(super) fn remember_eni(&mut self, mut info: EniInfo) {
+        if ipv4_only_seam() {
+            // The negative control of the IPv6 lab test: the host side as it was before IPv6.
+            info.ipv6_addresses.clear();
+            info.subnet_ipv6_cidr = None;
+        }
         if !self.coexistence_checked && self.settings.testing.is_none() {
             self.coexistence_checked = true;
             for w in crate::net::coexistence_warnings(&info.mac) {
@@ -190,4 +195,10 @@ impl Daemon {
             self.leftovers.push((plan, error));
         }
     }
+}
+
+/// `ENIPEER_TEST_IPV4_ONLY=1` makes the daemon ignore the ENI's IPv6 addresses, as releases
+/// before IPv6 support did; only debug builds read it, so a release binary never does.
+fn ipv4_only_seam() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("ENIPEER_TEST_IPV4_ONLY").is_some_and(|v| v == "1")
 }

@@ -6,7 +6,7 @@
 //! through [`HookHandle::run`]; a slow or hanging hook never blocks the daemon.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,6 +76,8 @@ pub struct HookEnv {
     /// The ENI's interface name on this host, when known (not while backup, for instance).
     pub interface: Option<String>,
     pub addresses: Vec<Ipv4Addr>,
+    /// The ENI's IPv6 addresses (`ENIPEER_ADDRESSES_V6`, empty for an IPv4-only ENI).
+    pub addresses_v6: Vec<Ipv6Addr>,
     /// For [`Transition::Event`]: the event's name and details (`ENIPEER_EVENT`,
     /// `ENIPEER_EVENT_<KEY>`).
     pub event: Option<(String, Vec<(String, String)>)>,
@@ -85,6 +87,7 @@ impl HookEnv {
     /// The variables passed to every command of `transition`, added to the daemon's environment.
     pub fn vars(&self, transition: Transition) -> Vec<(String, String)> {
         let addresses: Vec<String> = self.addresses.iter().map(|a| a.to_string()).collect();
+        let addresses_v6: Vec<String> = self.addresses_v6.iter().map(|a| a.to_string()).collect();
         let mut vars: Vec<(String, String)> = [
             ("ENIPEER_TRANSITION", transition.as_str().to_string()),
             ("ENIPEER_NODE", self.node.clone()),
@@ -96,6 +99,7 @@ impl HookEnv {
                 self.interface.clone().unwrap_or_default(),
             ),
             ("ENIPEER_ADDRESSES", addresses.join(" ")),
+            ("ENIPEER_ADDRESSES_V6", addresses_v6.join(" ")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -31,6 +31,7 @@ fn env() -> HookEnv {
         eni: "eni-0123456789abcdef0".into(),
         interface: Some("eni1".into()),
         addresses: vec![Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 11)],
+        addresses_v6: vec!["2001:db8::10".parse().unwrap()],
         event: None,
     }
 }
@@ -53,11 +54,12 @@ async fn environment_reaches_the_child() {
     let mut s = settings(GUARD);
     s.on_master = vec![sh(&format!(
         "printf '%s\\n' \"$ENIPEER_TRANSITION\" \"$ENIPEER_NODE\" \"$ENIPEER_ROLE\" \
-         \"$ENIPEER_REASON\" \"$ENIPEER_ENI\" \"$ENIPEER_INTERFACE\" \"$ENIPEER_ADDRESSES\" > {}",
+         \"$ENIPEER_REASON\" \"$ENIPEER_ENI\" \"$ENIPEER_INTERFACE\" \"$ENIPEER_ADDRESSES\" \
+         \"$ENIPEER_ADDRESSES_V6\" > {}",
         quoted(&out)
     ))];
     s.on_backup = vec![sh(&format!(
-        "echo \"[$ENIPEER_ROLE][$ENIPEER_INTERFACE][$ENIPEER_ADDRESSES]\" > {}",
+        "echo \"[$ENIPEER_ROLE][$ENIPEER_INTERFACE][$ENIPEER_ADDRESSES][$ENIPEER_ADDRESSES_V6]\" > {}",
         quoted(&dir.path().join("backup"))
     ))];
     let (hooks, mut reports) = HookRunner::spawn(s);
@@ -68,20 +70,21 @@ async fn environment_reaches_the_child() {
     assert_eq!(report.results[0].outcome, HookOutcome::Exited { code: 0 });
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
-        "master\na\nmaster\npeer b dead for 3s\neni-0123456789abcdef0\neni1\n198.18.0.10 198.18.0.11\n"
+        "master\na\nmaster\npeer b dead for 3s\neni-0123456789abcdef0\neni1\n198.18.0.10 198.18.0.11\n2001:db8::10\n"
     );
 
     let backup = HookEnv {
         role: "backup".into(),
         interface: None,
         addresses: vec![],
+        addresses_v6: vec![],
         ..env()
     };
     hooks.run(Transition::Backup, backup);
     next(&mut reports).await;
     assert_eq!(
         std::fs::read_to_string(dir.path().join("backup")).unwrap(),
-        "[backup][][]\n"
+        "[backup][][][]\n"
     );
 }
 

@@ -1,11 +1,17 @@
 //! The desired host network state for one ENI, as a value that tests can compare: which link,
-//! which addresses, which policy rules and which routes in the ENI's own table. Each spec
-//! displays the way `ip` would write it, which is how logs and change reports name it.
+//! which addresses, which policy rules and which routes in the ENI's own table, for IPv4 and,
+//! when the ENI has IPv6 addresses, for IPv6 too. Each spec displays the way `ip` would write
+//! it, which is how logs and change reports name it.
+//!
+//! IPv6 follows the IPv4 pattern, with one difference that AWS imposes: the subnet router has no
+//! fixed unicast address to put in a plan. It advertises itself from a link-local address in
+//! router advertisements (RAs), so the IPv6 default route says [`Via::Router`] and the netlink
+//! adapter fills in the address the kernel learned from the RAs on the ENI's link.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::cloud::{EniInfo, Ipv4Net};
+use crate::cloud::{EniInfo, Ipv4Net, Ipv6Net};
 use crate::config::NetworkSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,14 +21,16 @@ pub struct NetPlan {
     /// Rename the link to this before bringing it up, so other configs can name it.
     pub rename_to: Option<String>,
     pub mtu: Option<u32>,
-    /// The primary IP with the subnet's prefix, then the secondary IPs as /32.
+    /// The primary IP with the subnet's prefix, then the secondary IPs as /32; then the IPv6
+    /// addresses, the first with the IPv6 subnet's prefix and the others as /128.
     pub addresses: Vec<AddrSpec>,
     /// The ENI's own routing table.
     pub table: u32,
     /// One `from <ip> lookup <table>` per address, so replies leave through the ENI (AWS drops
     /// packets whose source does not belong to the interface they leave from).
     pub rules: Vec<RuleSpec>,
-    /// In `table`: the subnet on the link, then the default via the subnet gateway.
+    /// In `table`: the subnet on the link, then the default via the subnet gateway; the same
+    /// for IPv6 when the ENI has IPv6 addresses (the default via the router the RAs name).
     pub routes: Vec<RouteSpec>,
     /// Reverse-path filter for the link; `None` leaves it alone.
     pub rp_filter: Option<u8>,
@@ -31,48 +39,47 @@ pub struct NetPlan {
 /// An address on the ENI's link: `<addr>/<prefix>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddrSpec {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub prefix: u8,
 }
 
-/// `from <from>/32 lookup <table> priority <priority>`.
+/// `from <from>/32 lookup <table> priority <priority>` (/128 for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleSpec {
-    pub from: Ipv4Addr,
+    pub from: IpAddr,
     pub priority: u32,
     pub table: u32,
 }
 
-/// A route in the ENI's table, always on the ENI's link and with `src` the primary IP (so
-/// locally originated traffic picks the ENI's address).
+/// A route in the ENI's table, always on the ENI's link and with `src` the family's first
+/// address (so locally originated traffic picks the ENI's address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
-    pub dst: Ipv4Net,
-    /// `None`: directly on the link (scope link).
-    pub via: Option<Ipv4Addr>,
-    pub src: Ipv4Addr,
+    /// The destination network; prefix 0 is the default route.
+    pub dst: IpAddr,
+    pub dst_prefix: u8,
+    pub via: Via,
+    pub src: IpAddr,
     pub table: u32,
+}
+
+/// How a route reaches its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Directly on the link (scope link).
+    Link,
+    /// Through this gateway: the IPv4 subnet gateway at network + 1.
+    Gateway(IpAddr),
+    /// Through the IPv6 subnet router, whose link-local address is learned from the router
+    /// advertisements on the ENI's link (AWS documents no fixed address for it).
+    Router,
 }
 
 impl NetPlan {
     pub fn build(info: &EniInfo, net: &NetworkSettings) -> NetPlan {
-        let subnet = info.subnet_cidr.map(|c| Ipv4Net {
-            addr: network_of(c),
-            prefix: c.prefix,
-        });
-        let primary = AddrSpec {
-            addr: info.primary_ip,
-            prefix: subnet.map(|s| s.prefix).unwrap_or(32),
-        };
-        let mut addresses = vec![primary];
-        for &addr in &info.secondary_ips {
-            // EC2 lists the primary among the private IPs in some answers; adding it twice
-            // (once /32) would make the host answer from a second, unintended address entry.
-            if addresses.iter().all(|a| a.addr != addr) {
-                addresses.push(AddrSpec { addr, prefix: 32 });
-            }
-        }
         let table = net.route_table;
+        let mut addresses = ipv4_addresses(info);
+        addresses.extend(ipv6_addresses(info));
         let rules = addresses
             .iter()
             .map(|a| RuleSpec {
@@ -81,27 +88,8 @@ impl NetPlan {
                 table,
             })
             .collect();
-        let mut routes = Vec::new();
-        if let Some(s) = subnet {
-            routes.push(RouteSpec {
-                dst: s,
-                via: None,
-                src: info.primary_ip,
-                table,
-            });
-            // /31 and /32 subnets have no gateway at network + 1 (VPCs never use them).
-            if s.prefix < 31 {
-                routes.push(RouteSpec {
-                    dst: Ipv4Net {
-                        addr: Ipv4Addr::UNSPECIFIED,
-                        prefix: 0,
-                    },
-                    via: Some(Ipv4Addr::from(u32::from(s.addr).wrapping_add(1))),
-                    src: info.primary_ip,
-                    table,
-                });
-            }
-        }
+        let mut routes = ipv4_routes(info, table);
+        routes.extend(ipv6_routes(info, table));
         NetPlan {
             mac: info.mac.to_ascii_lowercase(),
             rename_to: net.interface_name.clone(),
@@ -116,12 +104,133 @@ impl NetPlan {
 
     /// The ENI's primary IP (the first address).
     pub fn primary(&self) -> Option<Ipv4Addr> {
-        self.addresses.first().map(|a| a.addr)
+        self.addresses.iter().find_map(|a| match a.addr {
+            IpAddr::V4(v) => Some(v),
+            IpAddr::V6(_) => None,
+        })
     }
 
-    /// The subnet gateway, when the plan has a default route.
+    /// The IPv4 subnet gateway, when the plan has a default route.
     pub fn gateway(&self) -> Option<Ipv4Addr> {
-        self.routes.iter().find_map(|r| r.via)
+        self.routes.iter().find_map(|r| match r.via {
+            Via::Gateway(IpAddr::V4(gw)) => Some(gw),
+            _ => None,
+        })
+    }
+
+    /// The plan configures IPv6: the link's router advertisement handling matters.
+    pub fn has_ipv6(&self) -> bool {
+        self.addresses.iter().any(|a| a.addr.is_ipv6())
+    }
+
+    /// The IPv6 addresses, for hooks.
+    pub fn ipv6_addresses(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.addresses.iter().filter_map(|a| match a.addr {
+            IpAddr::V6(v) => Some(v),
+            IpAddr::V4(_) => None,
+        })
+    }
+}
+
+fn ipv4_addresses(info: &EniInfo) -> Vec<AddrSpec> {
+    let primary = AddrSpec {
+        addr: IpAddr::V4(info.primary_ip),
+        prefix: info.subnet_cidr.map(|s| s.prefix).unwrap_or(32),
+    };
+    let mut addresses = vec![primary];
+    for &addr in &info.secondary_ips {
+        // EC2 lists the primary among the private IPs in some answers; adding it twice
+        // (once /32) would make the host answer from a second, unintended address entry.
+        if addresses.iter().all(|a| a.addr != addr) {
+            addresses.push(AddrSpec {
+                addr: IpAddr::V4(addr),
+                prefix: 32,
+            });
+        }
+    }
+    addresses
+}
+
+fn ipv6_addresses(info: &EniInfo) -> Vec<AddrSpec> {
+    let mut out: Vec<AddrSpec> = Vec::new();
+    for &addr in &info.ipv6_addresses {
+        if out.iter().any(|a| a.addr == addr) {
+            continue;
+        }
+        let prefix = match (out.is_empty(), info.subnet_ipv6_cidr) {
+            (true, Some(s)) => s.prefix,
+            _ => 128,
+        };
+        out.push(AddrSpec {
+            addr: IpAddr::V6(addr),
+            prefix,
+        });
+    }
+    out
+}
+
+fn ipv4_routes(info: &EniInfo, table: u32) -> Vec<RouteSpec> {
+    let Some(s) = info.subnet_cidr else {
+        return Vec::new();
+    };
+    let net = network_of(s);
+    let src = IpAddr::V4(info.primary_ip);
+    let mut routes = vec![RouteSpec {
+        dst: IpAddr::V4(net),
+        dst_prefix: s.prefix,
+        via: Via::Link,
+        src,
+        table,
+    }];
+    // /31 and /32 subnets have no gateway at network + 1 (VPCs never use them).
+    if s.prefix < 31 {
+        routes.push(RouteSpec {
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst_prefix: 0,
+            via: Via::Gateway(IpAddr::V4(Ipv4Addr::from(u32::from(net).wrapping_add(1)))),
+            src,
+            table,
+        });
+    }
+    routes
+}
+
+/// The IPv6 subnet on the link (when its CIDR is known) and the default via the router.
+fn ipv6_routes(info: &EniInfo, table: u32) -> Vec<RouteSpec> {
+    let Some(&first) = info.ipv6_addresses.first() else {
+        return Vec::new();
+    };
+    let src = IpAddr::V6(first);
+    let mut routes = Vec::new();
+    if let Some(s) = info.subnet_ipv6_cidr {
+        routes.push(RouteSpec {
+            dst: IpAddr::V6(network_of_v6(s)),
+            dst_prefix: s.prefix,
+            via: Via::Link,
+            src,
+            table,
+        });
+    }
+    routes.push(RouteSpec {
+        dst: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        dst_prefix: 0,
+        via: Via::Router,
+        src,
+        table,
+    });
+    routes
+}
+
+impl RouteSpec {
+    /// This route with the router's address filled in (a concrete route to add).
+    pub fn through(self, router: Ipv6Addr) -> RouteSpec {
+        match self.via {
+            Via::Router => RouteSpec {
+                via: Via::Gateway(IpAddr::V6(router)),
+                ..self
+            },
+            _ => self,
+        }
     }
 }
 
@@ -143,14 +252,15 @@ impl fmt::Display for RuleSpec {
 
 impl fmt::Display for RouteSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.dst.prefix == 0 {
+        if self.dst_prefix == 0 {
             f.write_str("default")?;
         } else {
-            write!(f, "{}/{}", self.dst.addr, self.dst.prefix)?;
+            write!(f, "{}/{}", self.dst, self.dst_prefix)?;
         }
         match self.via {
-            Some(gw) => write!(f, " via {gw}")?,
-            None => f.write_str(" scope link")?,
+            Via::Gateway(gw) => write!(f, " via {gw}")?,
+            Via::Router => f.write_str(" via <router from RAs>")?,
+            Via::Link => f.write_str(" scope link")?,
         }
         write!(f, " src {} table {}", self.src, self.table)
     }
@@ -164,6 +274,16 @@ pub(crate) fn network_of(net: Ipv4Net) -> Ipv4Addr {
         u32::MAX << (32 - u32::from(net.prefix.min(32)))
     };
     Ipv4Addr::from(u32::from(net.addr) & mask)
+}
+
+/// The network address of an IPv6 `net` (host bits cleared).
+pub(crate) fn network_of_v6(net: Ipv6Net) -> Ipv6Addr {
+    let mask = if net.prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(net.prefix.min(128)))
+    };
+    Ipv6Addr::from(u128::from(net.addr) & mask)
 }
 
 #[cfg(test)]
@@ -205,34 +325,133 @@ mod tests {
             mac: "0A:1B:2C:3D:4E:5F".into(),
             primary_ip: ip(primary),
             secondary_ips: secondary.iter().map(|s| ip(s)).collect(),
+            ipv6_addresses: Vec::new(),
+            subnet_ipv6_cidr: None,
             subnet_cidr: cidr.map(net),
             availability_zone: None,
         }
     }
 
     fn addr(s: &str) -> AddrSpec {
-        let n = net(s);
+        let (a, p) = s.split_once('/').unwrap();
         AddrSpec {
-            addr: n.addr,
-            prefix: n.prefix,
+            addr: a.parse().unwrap(),
+            prefix: p.parse().unwrap(),
         }
     }
 
     fn rule(from: &str, priority: u32, table: u32) -> RuleSpec {
         RuleSpec {
-            from: ip(from),
+            from: from.parse().unwrap(),
             priority,
             table,
         }
     }
 
     fn route(dst: &str, via: Option<&str>, src: &str, table: u32) -> RouteSpec {
+        let (d, p) = dst.split_once('/').unwrap();
         RouteSpec {
-            dst: net(dst),
-            via: via.map(ip),
-            src: ip(src),
+            dst: d.parse().unwrap(),
+            dst_prefix: p.parse().unwrap(),
+            via: match via {
+                Some("router") => Via::Router,
+                Some(gw) => Via::Gateway(gw.parse().unwrap()),
+                None => Via::Link,
+            },
+            src: src.parse().unwrap(),
             table,
         }
+    }
+
+    fn dual_stack(v6: &[&str], cidr6: Option<&str>) -> EniInfo {
+        let mut e = eni("198.18.1.25", &[], Some("198.18.1.0/24"));
+        e.ipv6_addresses = v6.iter().map(|s| s.parse().unwrap()).collect();
+        e.subnet_ipv6_cidr = cidr6.map(|c| {
+            let (a, p) = c.split_once('/').unwrap();
+            Ipv6Net {
+                addr: a.parse().unwrap(),
+                prefix: p.parse().unwrap(),
+            }
+        });
+        e
+    }
+
+    #[test]
+    fn ipv6_addresses_get_rules_and_routes_in_the_same_table() {
+        let plan = NetPlan::build(
+            &dual_stack(
+                &["2001:db8:0:1::25", "2001:db8:0:1::26", "2001:db8:0:1::25"],
+                Some("2001:db8:0:1:7::/64"),
+            ),
+            &settings(10001, 10002),
+        );
+        assert_eq!(
+            plan.addresses,
+            vec![
+                addr("198.18.1.25/24"),
+                addr("2001:db8:0:1::25/64"),
+                addr("2001:db8:0:1::26/128"),
+            ]
+        );
+        assert_eq!(
+            plan.rules,
+            vec![
+                rule("198.18.1.25", 10002, 10001),
+                rule("2001:db8:0:1::25", 10002, 10001),
+                rule("2001:db8:0:1::26", 10002, 10001),
+            ]
+        );
+        assert_eq!(
+            plan.routes,
+            vec![
+                route("198.18.1.0/24", None, "198.18.1.25", 10001),
+                route("0.0.0.0/0", Some("198.18.1.1"), "198.18.1.25", 10001),
+                route("2001:db8:0:1::/64", None, "2001:db8:0:1::25", 10001),
+                route("::/0", Some("router"), "2001:db8:0:1::25", 10001),
+            ]
+        );
+        assert!(plan.has_ipv6());
+        assert_eq!(plan.primary(), Some(ip("198.18.1.25")));
+        assert_eq!(plan.gateway(), Some(ip("198.18.1.1")));
+        let shown: Vec<String> = plan.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown[3],
+            "default via <router from RAs> src 2001:db8:0:1::25 table 10001"
+        );
+        let router: Ipv6Addr = "fe80::1ff:fe23:4567:890a".parse().unwrap();
+        assert_eq!(
+            plan.routes[3].through(router).to_string(),
+            "default via fe80::1ff:fe23:4567:890a src 2001:db8:0:1::25 table 10001"
+        );
+        assert_eq!(plan.routes[0].through(router), plan.routes[0]);
+    }
+
+    #[test]
+    fn ipv6_without_a_known_subnet_is_host_addresses_and_the_router_default() {
+        let plan = NetPlan::build(
+            &dual_stack(&["2001:db8:0:1::25"], None),
+            &settings(10001, 10001),
+        );
+        assert_eq!(plan.addresses[1], addr("2001:db8:0:1::25/128"));
+        assert_eq!(
+            plan.routes[2..],
+            [route("::/0", Some("router"), "2001:db8:0:1::25", 10001)]
+        );
+    }
+
+    #[test]
+    fn an_ipv4_only_eni_has_no_ipv6_part() {
+        let plan = NetPlan::build(
+            &eni("198.18.1.25", &[], Some("198.18.1.0/24")),
+            &settings(10001, 10001),
+        );
+        assert!(!plan.has_ipv6());
+        assert!(plan
+            .routes
+            .iter()
+            .chain(std::iter::empty())
+            .all(|r| r.dst.is_ipv4() && r.via != Via::Router));
+        assert_eq!(plan.ipv6_addresses().count(), 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cloud_front;
 pub mod imds;
 pub mod lab;
 pub mod netns;
+pub mod ra;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -19,7 +19,7 @@ pub use retry::{backoff_delay, classify, next_step, NextStep, RetryPolicy};
 use retry::{deadline_error, error_chain, from_sdk, jitter};
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,9 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{AttachmentStatus, NetworkInterface, NetworkInterfaceAttachmentChanges};
+use aws_sdk_ec2::types::{
+    AttachmentStatus, NetworkInterface, NetworkInterfaceAttachmentChanges, SubnetCidrBlockStateCode,
+};
 use aws_sdk_ec2::Client;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -37,7 +39,7 @@ use tracing::{debug, info, warn};
 use crate::cloud::claim::{self, Context, Limits, Primitives};
 use crate::cloud::{
     AttachState, Attachment, ClaimHints, ClaimOutcome, ClaimRequest, Cloud, CloudError,
-    CloudErrorKind, EniInfo, Identity, Ipv4Net, PollSchedule, ReleaseOutcome, Watched,
+    CloudErrorKind, EniInfo, Identity, Ipv4Net, Ipv6Net, PollSchedule, ReleaseOutcome, Watched,
 };
 use crate::config::AwsSettings;
 use crate::ids::{EniId, InstanceId};
@@ -52,8 +54,8 @@ pub struct Ec2Cloud {
     policy: RetryPolicy,
     force_detach_grace: Duration,
     poll: PollSchedule,
-    /// The ENI's subnet never changes, so its CIDR is looked up once.
-    subnet_cidr: Mutex<Option<(String, Ipv4Net)>>,
+    /// The ENI's subnet never changes, so its CIDRs are looked up once.
+    subnet_cidr: Mutex<Option<(String, SubnetCidrs)>>,
     /// Retries since the last claim or release finished, so its timeline shows them.
     retries: Mutex<Vec<Step>>,
 }
@@ -308,19 +310,19 @@ impl Ec2Cloud {
                 )
             })?;
         let subnet = ni.subnet_id().map(str::to_owned);
-        let cached = self.cached_cidr(subnet.as_deref());
+        let cached = self.cached_cidr(subnet.as_deref()).unwrap_or_default();
         Ok((eni_info(&self.eni, ni, cached)?, subnet))
     }
 
-    fn cached_cidr(&self, subnet: Option<&str>) -> Option<Ipv4Net> {
+    fn cached_cidr(&self, subnet: Option<&str>) -> Option<SubnetCidrs> {
         let cache = self.subnet_cidr.lock().ok()?;
         cache
             .as_ref()
             .filter(|(id, _)| Some(id.as_str()) == subnet)
-            .map(|(_, net)| *net)
+            .map(|(_, nets)| *nets)
     }
 
-    /// Describe plus the subnet's CIDR (looked up once and cached).
+    /// Describe plus the subnet's CIDRs (looked up once and cached).
     async fn describe_full(&self, deadline: Instant) -> Result<EniInfo, CloudError> {
         let (mut info, subnet) = self.describe_with_subnet(deadline).await?;
         if let (None, Some(subnet)) = (info.subnet_cidr, subnet) {
@@ -329,15 +331,24 @@ impl Ec2Cloud {
                     self.client.describe_subnets().subnet_ids(&subnet).send()
                 })
                 .await?;
-            let net = out
-                .subnets()
-                .first()
-                .and_then(|s| s.cidr_block())
-                .and_then(parse_cidr);
-            if let (Some(net), Ok(mut cache)) = (net, self.subnet_cidr.lock()) {
-                *cache = Some((subnet, net));
+            let nets = out.subnets().first().map(|s| SubnetCidrs {
+                v4: s.cidr_block().and_then(parse_cidr),
+                // Only an association in force: a disassociated block lingers in the answer.
+                v6: s
+                    .ipv6_cidr_block_association_set()
+                    .iter()
+                    .filter(|a| {
+                        a.ipv6_cidr_block_state().and_then(|st| st.state())
+                            == Some(&SubnetCidrBlockStateCode::Associated)
+                    })
+                    .find_map(|a| a.ipv6_cidr_block().and_then(parse_cidr6)),
+            });
+            let nets = nets.unwrap_or_default();
+            if let (Some(_), Ok(mut cache)) = (nets.v4, self.subnet_cidr.lock()) {
+                *cache = Some((subnet, nets));
             }
-            info.subnet_cidr = net;
+            info.subnet_cidr = nets.v4;
+            info.subnet_ipv6_cidr = nets.v6;
         }
         Ok(info)
     }
@@ -370,6 +381,20 @@ impl Ec2Cloud {
     }
 }
 
+/// The CIDRs of the ENI's subnet.
+#[derive(Debug, Clone, Copy, Default)]
+struct SubnetCidrs {
+    v4: Option<Ipv4Net>,
+    v6: Option<Ipv6Net>,
+}
+
+fn parse_cidr6(s: &str) -> Option<Ipv6Net> {
+    let (addr, prefix) = s.split_once('/')?;
+    let addr: Ipv6Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    (prefix <= 128).then_some(Ipv6Net { addr, prefix })
+}
+
 fn parse_cidr(s: &str) -> Option<Ipv4Net> {
     let (addr, prefix) = s.split_once('/')?;
     let addr: Ipv4Addr = addr.parse().ok()?;
@@ -392,7 +417,7 @@ fn attach_state(s: Option<&AttachmentStatus>) -> AttachState {
 fn eni_info(
     eni: &EniId,
     ni: &NetworkInterface,
-    subnet_cidr: Option<Ipv4Net>,
+    subnet: SubnetCidrs,
 ) -> Result<EniInfo, CloudError> {
     let bad = |what: &str| {
         CloudError::new(
@@ -439,6 +464,11 @@ fn eni_info(
         .filter(|p| p.primary() != Some(true))
         .filter_map(|p| p.private_ip_address()?.parse().ok())
         .collect();
+    let ipv6_addresses = ni
+        .ipv6_addresses()
+        .iter()
+        .filter_map(|a| a.ipv6_address()?.parse().ok())
+        .collect();
     Ok(EniInfo {
         eni_id: eni.clone(),
         status: ni
@@ -449,7 +479,9 @@ fn eni_info(
         mac: ni.mac_address().unwrap_or_default().to_owned(),
         primary_ip,
         secondary_ips,
-        subnet_cidr,
+        subnet_cidr: subnet.v4,
+        ipv6_addresses,
+        subnet_ipv6_cidr: subnet.v6,
         availability_zone: ni.availability_zone().map(str::to_owned),
     })
 }

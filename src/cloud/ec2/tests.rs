@@ -358,7 +358,15 @@ async fn claim_stops_at_an_unexpected_holder() {
     let replay = Replay::always(200, describe_body(&attached_to(other, false)));
     let cloud = cloud_with(&replay, policy(5_000));
     *cloud.subnet_cidr.lock().unwrap() =
-        parse_cidr("198.18.1.0/24").map(|n| ("subnet-0123456789abcdef0".to_owned(), n));
+        parse_cidr("198.18.1.0/24").map(|n| {
+            (
+                "subnet-0123456789abcdef0".to_owned(),
+                SubnetCidrs {
+                    v4: Some(n),
+                    v6: None,
+                },
+            )
+        });
     let out = cloud
         .claim(ClaimRequest {
             expected_holder: Some("i-0cccccccccccccccc".parse().unwrap()),

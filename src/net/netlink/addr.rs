@@ -31,19 +31,30 @@ pub(super) async fn ensure_addresses(
         if present.iter().any(|(p, _)| p == a) {
             continue;
         }
-        let mut req = handle
-            .address()
-            .add(link.index, IpAddr::V4(a.addr), a.prefix);
-        if !legacy {
+        let mut req = handle.address().add(link.index, a.addr, a.prefix);
+        if let Some(flags) = add_flags(a, legacy) {
             req.message_mut()
                 .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+                .push(AddressAttribute::Flags(flags));
         }
         if added(req.execute().await).map_err(|e| nl_error(&format!("add address {a}"), e))? {
             changed.push(format!("address {a} on {}", link.name));
         }
     }
     Ok(changed)
+}
+
+/// The flags an address is added with. Never a prefix route (it would go into the main table,
+/// ahead of the primary interface's own, when the ENI shares its subnet; the ENI's table has the
+/// subnet route instead). IPv6 also without duplicate address detection: a tentative address
+/// can be neither bound nor used as a source for a second or more, and the VPC already
+/// guarantees that each address is assigned once.
+fn add_flags(a: &AddrSpec, legacy: bool) -> Option<AddressFlags> {
+    match a.addr {
+        IpAddr::V4(_) if legacy => None,
+        IpAddr::V4(_) => Some(AddressFlags::Noprefixroute),
+        IpAddr::V6(_) => Some(AddressFlags::Noprefixroute | AddressFlags::Nodad),
+    }
 }
 
 /// Deletes the plan's addresses from `link`, recording each result in `td`.
@@ -72,7 +83,7 @@ pub(super) async fn remove_addresses(
     }
 }
 
-/// The IPv4 addresses on link `index`, each with the message that deletes it.
+/// The IPv4 and IPv6 addresses on link `index`, each with the message that deletes it.
 async fn link_addresses(
     handle: &Handle,
     index: u32,
@@ -87,10 +98,12 @@ async fn link_addresses(
         .map_err(|e| nl_error("list addresses", e))?;
     Ok(msgs
         .into_iter()
-        .filter(|m| m.header.family == AddressFamily::Inet)
         .filter_map(|m| {
-            let addr = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+            // IPv4 names the address in IFA_LOCAL (IFA_ADDRESS is the peer on point-to-point
+            // links); IPv6 only has IFA_ADDRESS.
+            let addr = m.attributes.iter().find_map(|a| match (m.header.family, a) {
+                (AddressFamily::Inet, AddressAttribute::Local(v @ IpAddr::V4(_))) => Some(*v),
+                (AddressFamily::Inet6, AddressAttribute::Address(v @ IpAddr::V6(_))) => Some(*v),
                 _ => None,
             })?;
             let prefix = m.header.prefix_len;

@@ -5,7 +5,7 @@
 //! The link is addressed by its index throughout. Its name is only what the kernel said last: a
 //! hot-plugged device can be renamed right after the event that announced it (udev's
 //! predictable names; `ip link set … netns … name` is two steps). The one place a name is
-//! needed, the rp_filter path in procfs, asks the kernel for the current name by index right
+//! needed, a sysctl path in procfs (rp_filter; for IPv6, router advertisement handling), asks the kernel for the current name by index right
 //! before each read or write, and follows a rename that happens in between at once.
 
 use std::time::Duration;
@@ -364,8 +364,62 @@ pub(super) async fn wait_for_link(
     ))
 }
 
-fn rp_filter_path(ifname: &str) -> String {
-    format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter")
+/// A per-interface sysctl enipeer sets on the ENI's link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Knob {
+    RpFilter,
+    /// 0: an RA on the ENI does not put a default route into the main table (the ENI's table
+    /// gets its own, [`super::route`]); the kernel still notes the router as a neighbour.
+    AcceptRaDefrtr,
+    /// 0: an RA's prefixes neither add a prefix route to the main table nor autoconfigure
+    /// addresses on the ENI (the same reason as `IFA_F_NOPREFIXROUTE`, [`super::addr`]).
+    AcceptRaPinfo,
+}
+
+impl Knob {
+    fn path(self, ifname: &str) -> String {
+        match self {
+            Knob::RpFilter => format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"),
+            Knob::AcceptRaDefrtr => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra_defrtr"),
+            Knob::AcceptRaPinfo => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra_pinfo"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Knob::RpFilter => "rp_filter",
+            Knob::AcceptRaDefrtr => "accept_ra_defrtr",
+            Knob::AcceptRaPinfo => "accept_ra_pinfo",
+        }
+    }
+}
+
+/// Router advertisements on the ENI: neither a default route nor prefixes into the main table.
+/// Set before the link comes up (the kernel solicits an RA as soon as it is up). Not put back on
+/// removal: the interface leaves with the detach, and a device attached again starts from the
+/// host's defaults.
+pub(super) async fn ensure_ra_settings(
+    handle: &Handle,
+    link: &mut LinkState,
+) -> Result<Vec<String>, NetError> {
+    let mut changed = Vec::new();
+    for knob in [Knob::AcceptRaDefrtr, Knob::AcceptRaPinfo] {
+        let hint = |e: NetError| {
+            NetError::new(
+                e.kind,
+                format!(
+                    "{e} (the ENI has IPv6 addresses: is IPv6 disabled on this host? \
+                     check net.ipv6.conf.all.disable_ipv6 and the ipv6.disable boot option)"
+                ),
+            )
+        };
+        let now = read_sysctl(handle, link, knob).await.map_err(hint)?;
+        if now != 0 {
+            write_sysctl(handle, link, knob, 0).await.map_err(hint)?;
+            changed.push(format!("{} 0 on {}", knob.name(), link.name));
+        }
+    }
+    Ok(changed)
 }
 
 /// The link's name as the kernel has it now, asked by index.
@@ -389,18 +443,19 @@ async fn name_now(handle: &Handle, index: u32) -> Result<String, NetError> {
 /// access; more than one rename in that window is not a race any more.
 const RENAME_RETRIES: usize = 3;
 
-/// Runs `op` on the link's rp_filter file, by the name the link has right now (updating
+/// Runs `op` on the link's `knob` file, by the name the link has right now (updating
 /// `link.name`); a `NotFound` means it was renamed in between, and is followed at once.
-async fn on_rp_filter<T>(
+async fn on_sysctl<T>(
     handle: &Handle,
     link: &mut LinkState,
+    knob: Knob,
     what: &str,
     op: impl Fn(&str) -> std::io::Result<T>,
 ) -> Result<T, NetError> {
     let mut attempt = 0;
     loop {
         link.name = name_now(handle, link.index).await?;
-        let path = rp_filter_path(&link.name);
+        let path = knob.path(&link.name);
         // Plain blocking file I/O on purpose: /proc/sys/net resolves in the network namespace
         // of the calling thread, and tokio::fs would run it on a pool thread that may be in
         // another one. These are single small reads and writes of procfs, which do not block.
@@ -420,22 +475,35 @@ async fn on_rp_filter<T>(
     }
 }
 
-pub(super) async fn read_rp_filter(handle: &Handle, link: &mut LinkState) -> Result<u8, NetError> {
-    let text = on_rp_filter(handle, link, "read", |p| std::fs::read_to_string(p)).await?;
+async fn read_sysctl(handle: &Handle, link: &mut LinkState, knob: Knob) -> Result<u8, NetError> {
+    let text = on_sysctl(handle, link, knob, "read", |p| std::fs::read_to_string(p)).await?;
     text.trim().parse().map_err(|_| {
         NetError::new(
             NetErrorKind::Sysctl,
-            format!("{} holds `{}`", rp_filter_path(&link.name), text.trim()),
+            format!("{} holds `{}`", knob.path(&link.name), text.trim()),
         )
     })
 }
 
-async fn write_rp_filter(handle: &Handle, link: &mut LinkState, value: u8) -> Result<(), NetError> {
+async fn write_sysctl(
+    handle: &Handle,
+    link: &mut LinkState,
+    knob: Knob,
+    value: u8,
+) -> Result<(), NetError> {
     let what = format!("write {value} to");
-    on_rp_filter(handle, link, &what, |path| {
+    on_sysctl(handle, link, knob, &what, |path| {
         std::fs::write(path, format!("{value}\n"))
     })
     .await
+}
+
+pub(super) async fn read_rp_filter(handle: &Handle, link: &mut LinkState) -> Result<u8, NetError> {
+    read_sysctl(handle, link, Knob::RpFilter).await
+}
+
+async fn write_rp_filter(handle: &Handle, link: &mut LinkState, value: u8) -> Result<(), NetError> {
+    write_sysctl(handle, link, Knob::RpFilter, value).await
 }
 
 #[cfg(test)]

@@ -208,13 +208,19 @@ impl NetlinkNet {
         plan: &NetPlan,
         link: &mut LinkState,
     ) -> Result<Vec<String>, NetError> {
+        let mut changed = Vec::new();
+        if plan.has_ipv6() {
+            // Before the link comes up: up, the kernel solicits an RA at once.
+            changed.extend(link::ensure_ra_settings(handle, link).await?);
+        }
         let rp_filter = match plan.rp_filter {
             Some(_) => Some(link::read_rp_filter(handle, link).await?),
             None => None,
         };
         self.remember(&plan.mac, |m| m.record(link, rp_filter, plan));
         let want = link::LinkSettings::applied(plan);
-        link::set_link(handle, link, rp_filter, &want, link::Wording::Apply).await
+        changed.extend(link::set_link(handle, link, rp_filter, &want, link::Wording::Apply).await?);
+        Ok(changed)
     }
 
     async fn do_remove(&self, plan: &NetPlan) -> Result<ApplyReport, NetError> {

@@ -1,25 +1,35 @@
 //! The plan's routes, all in the ENI's own table and on its link, and the one route enipeer
 //! takes out of the main table: the kernel's prefix route for an ENI address added without
 //! `IFA_F_NOPREFIXROUTE` (see [`super::addr`]).
+//!
+//! The IPv6 default route goes through the subnet router, whose link-local address the kernel
+//! learned from its router advertisements: the neighbour entry it keeps for the router (flagged
+//! `router`) even though the ENI's `accept_ra_defrtr` is 0, which keeps the kernel's own default
+//! route out of the main table. Until an RA has arrived that route waits; the watch asks for a
+//! reconcile when the router appears ([`super::watch`]).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::link::LinkState;
 use super::{is_gone, nl_error, Teardown};
-use crate::net::{AddrSpec, NetError, NetObject, RouteSpec};
+use crate::net::plan::Via;
+use crate::net::{AddrSpec, NetError, NetErrorKind, NetObject, RouteSpec};
 
 /// The kernel's main table (`RT_TABLE_MAIN`).
 const MAIN_TABLE: u32 = 254;
 
-/// Deletes from the main table the kernel's prefix route of each plan address on `link`
+/// Deletes from the main table the kernel's prefix route of each IPv4 plan address on `link`
 /// (`<subnet> dev <link> proto kernel scope link src <addr>`), which an address added without
 /// `IFA_F_NOPREFIXROUTE` brings; returns what it deleted. Nothing else in main is touched.
+/// (No release ever added IPv6 addresses with a prefix route.)
 pub(super) async fn remove_prefix_routes(
     handle: &Handle,
     link: &LinkState,
@@ -28,16 +38,15 @@ pub(super) async fn remove_prefix_routes(
     let routes = table_routes(handle, MAIN_TABLE).await?;
     let mut changed = Vec::new();
     for a in addrs.iter().filter(|a| a.prefix < 32) {
+        let IpAddr::V4(addr) = a.addr else { continue };
         let net = crate::net::plan::network_of(crate::cloud::Ipv4Net {
-            addr: a.addr,
+            addr,
             prefix: a.prefix,
         });
         let spec = RouteSpec {
-            dst: crate::cloud::Ipv4Net {
-                addr: net,
-                prefix: a.prefix,
-            },
-            via: None,
+            dst: IpAddr::V4(net),
+            dst_prefix: a.prefix,
+            via: Via::Link,
             src: a.addr,
             table: MAIN_TABLE,
         };
@@ -65,6 +74,7 @@ pub(super) async fn remove_prefix_routes(
 
 /// Adds the routes of `table` that are missing on link `oif`; returns what it added. The
 /// subnet route comes before the default in the plan, so the gateway resolves inside the table.
+/// A route via the IPv6 router waits (is left out, quietly) until the router is known.
 pub(super) async fn ensure_routes(
     handle: &Handle,
     oif: u32,
@@ -72,14 +82,32 @@ pub(super) async fn ensure_routes(
     specs: &[RouteSpec],
 ) -> Result<Vec<String>, NetError> {
     let routes = table_routes(handle, table).await?;
+    let router = match specs.iter().any(|s| s.via == Via::Router) {
+        true => ipv6_router(handle, oif).await?,
+        false => None,
+    };
     let mut changed = Vec::new();
     for spec in specs {
-        if routes.iter().any(|r| route_matches(r, spec, Some(oif))) {
+        let spec = match (spec.via, router) {
+            (Via::Router, None) => {
+                tracing::debug!(%spec, "no router advertisement seen on the link yet; the route waits");
+                continue;
+            }
+            (Via::Router, Some(r)) => spec.through(r),
+            _ => *spec,
+        };
+        if routes.iter().any(|r| route_matches(r, &spec, Some(oif))) {
             continue;
         }
         // The table belongs to this ENI, so a different route to the same destination in it
         // (a stale gateway, another link) is replaced rather than left to shadow ours.
-        let req = handle.route().add(route_message(spec, oif)).replace();
+        let msg = route_message(&spec, oif).ok_or_else(|| {
+            NetError::new(
+                NetErrorKind::Netlink,
+                format!("route {spec} mixes address families"),
+            )
+        })?;
+        let req = handle.route().add(msg).replace();
         req.execute()
             .await
             .map_err(|e| nl_error(&format!("add route {spec}"), e))?;
@@ -88,9 +116,38 @@ pub(super) async fn ensure_routes(
     Ok(changed)
 }
 
+/// The IPv6 router on link `oif` as the kernel learned it from router advertisements: the
+/// link-local address of a neighbour entry flagged `router`. The lowest address when there are
+/// several, so repeated reconciles agree.
+pub(super) async fn ipv6_router(handle: &Handle, oif: u32) -> Result<Option<Ipv6Addr>, NetError> {
+    let neighbours: Vec<_> = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Inet6)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_error("list IPv6 neighbours", e))?;
+    Ok(neighbours
+        .iter()
+        .filter(|n| {
+            n.header.family == AddressFamily::Inet6
+                && n.header.ifindex == oif
+                && n.header.flags.contains(NeighbourFlags::Router)
+        })
+        .filter_map(|n| {
+            n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(*v),
+                _ => None,
+            })
+        })
+        .filter(|v| (v.segments()[0] & 0xffc0) == 0xfe80)
+        .min())
+}
+
 /// Deletes the plan's routes from `table`, recording each result in `td`. Routes vanish with
 /// the link; when it is still here (`oif`) only our exact routes go, never other entries
-/// someone put in the same table.
+/// someone put in the same table. A route via the IPv6 router is ours whatever router it names.
 pub(super) async fn remove_routes(
     handle: &Handle,
     table: u32,
@@ -112,19 +169,23 @@ pub(super) async fn remove_routes(
     }
 }
 
+/// The IPv4 and IPv6 routes of `table`.
 async fn table_routes(handle: &Handle, table: u32) -> Result<Vec<RouteMessage>, NetError> {
-    let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    let msgs: Vec<RouteMessage> = handle
-        .route()
-        .get(query)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| nl_error("list routes", e))?;
-    Ok(msgs
-        .into_iter()
-        .filter(|r| route_table(r) == table)
-        .collect())
+    let mut out = Vec::new();
+    for query in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let msgs: Vec<RouteMessage> = handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error("list routes", e))?;
+        out.extend(msgs.into_iter().filter(|r| route_table(r) == table));
+    }
+    Ok(out)
 }
 
 pub(super) fn route_table(r: &RouteMessage) -> u32 {
@@ -137,28 +198,43 @@ pub(super) fn route_table(r: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(r.header.table))
 }
 
-fn route_v4(
+fn route_ip(
     r: &RouteMessage,
     pick: fn(&RouteAttribute) -> Option<&RouteAddress>,
-) -> Option<Ipv4Addr> {
+) -> Option<IpAddr> {
     r.attributes.iter().find_map(|a| match pick(a) {
-        Some(RouteAddress::Inet(v)) => Some(*v),
+        Some(RouteAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+        Some(RouteAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
         _ => None,
     })
 }
 
-/// Our route, exactly: destination, gateway, source and (when known) the link.
+/// Our route, exactly: family, destination, gateway, source and (when known) the link. A spec
+/// via the IPv6 router matches whatever gateway the route has.
 fn route_matches(r: &RouteMessage, spec: &RouteSpec, oif: Option<u32>) -> bool {
-    let dst = route_v4(r, |a| match a {
+    let family = match spec.dst {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let unspecified = match spec.dst {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let dst = route_ip(r, |a| match a {
         RouteAttribute::Destination(d) => Some(d),
         _ => None,
     })
-    .unwrap_or(Ipv4Addr::UNSPECIFIED);
-    let gw = route_v4(r, |a| match a {
+    .unwrap_or(unspecified);
+    let gw = route_ip(r, |a| match a {
         RouteAttribute::Gateway(g) => Some(g),
         _ => None,
     });
-    let src = route_v4(r, |a| match a {
+    let gw_ok = match spec.via {
+        Via::Link => gw.is_none(),
+        Via::Gateway(want) => gw == Some(want),
+        Via::Router => gw.is_some(),
+    };
+    let src = route_ip(r, |a| match a {
         RouteAttribute::PrefSource(s) => Some(s),
         _ => None,
     });
@@ -166,61 +242,113 @@ fn route_matches(r: &RouteMessage, spec: &RouteSpec, oif: Option<u32>) -> bool {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,
     });
-    r.header.kind == RouteType::Unicast
+    r.header.address_family == family
+        && r.header.kind == RouteType::Unicast
         && route_table(r) == spec.table
-        && r.header.destination_prefix_length == spec.dst.prefix
-        && dst == spec.dst.addr
-        && gw == spec.via
+        && r.header.destination_prefix_length == spec.dst_prefix
+        && dst == spec.dst
+        && gw_ok
         && src == Some(spec.src)
         && oif.is_none_or(|o| route_oif == Some(o))
 }
 
-fn route_message(spec: &RouteSpec, oif: u32) -> RouteMessage {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .table_id(spec.table)
-        .output_interface(oif)
-        .pref_source(spec.src);
-    if spec.dst.prefix > 0 {
-        b = b.destination_prefix(spec.dst.addr, spec.dst.prefix);
+/// The message that adds `spec` (whose via is a concrete gateway or the link) on `oif`; `None`
+/// for a spec that mixes address families, which [`crate::net::plan`] never builds.
+fn route_message(spec: &RouteSpec, oif: u32) -> Option<RouteMessage> {
+    match (spec.dst, spec.src, spec.via) {
+        (IpAddr::V4(dst), IpAddr::V4(src), via) => {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .table_id(spec.table)
+                .output_interface(oif)
+                .pref_source(src);
+            if spec.dst_prefix > 0 {
+                b = b.destination_prefix(dst, spec.dst_prefix);
+            }
+            Some(match via {
+                Via::Gateway(IpAddr::V4(gw)) => b.gateway(gw).build(),
+                Via::Gateway(IpAddr::V6(_)) => return None,
+                Via::Link | Via::Router => b.scope(RouteScope::Link).build(),
+            })
+        }
+        (IpAddr::V6(dst), IpAddr::V6(src), via) => {
+            // IPv6 routes have no scope: on-link is simply a route without a gateway.
+            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .table_id(spec.table)
+                .output_interface(oif)
+                .pref_source(src);
+            if spec.dst_prefix > 0 {
+                b = b.destination_prefix(dst, spec.dst_prefix);
+            }
+            Some(match via {
+                Via::Gateway(IpAddr::V6(gw)) => b.gateway(gw).build(),
+                Via::Gateway(IpAddr::V4(_)) => return None,
+                Via::Link | Via::Router => b.build(),
+            })
+        }
+        _ => None,
     }
-    b = match spec.via {
-        Some(gw) => b.gateway(gw),
-        None => b.scope(RouteScope::Link),
-    };
-    b.build()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::Ipv4Net;
 
     #[test]
     fn route_message_round_trips_through_the_matcher() {
         let spec = RouteSpec {
-            dst: Ipv4Net {
-                addr: Ipv4Addr::UNSPECIFIED,
-                prefix: 0,
-            },
-            via: Some(Ipv4Addr::new(198, 18, 1, 1)),
-            src: Ipv4Addr::new(198, 18, 1, 25),
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst_prefix: 0,
+            via: Via::Gateway(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1))),
+            src: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 25)),
             table: 10001,
         };
-        let msg = route_message(&spec, 7);
+        let msg = route_message(&spec, 7).unwrap();
         assert!(route_matches(&msg, &spec, Some(7)));
         assert!(route_matches(&msg, &spec, None));
         assert!(!route_matches(&msg, &spec, Some(8)));
         let subnet = RouteSpec {
-            dst: Ipv4Net {
-                addr: Ipv4Addr::new(198, 18, 1, 0),
-                prefix: 24,
-            },
-            via: None,
+            dst: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 0)),
+            dst_prefix: 24,
+            via: Via::Link,
             ..spec
         };
         assert!(!route_matches(&msg, &subnet, Some(7)));
-        let msg = route_message(&subnet, 7);
+        let msg = route_message(&subnet, 7).unwrap();
         assert!(route_matches(&msg, &subnet, Some(7)));
         assert_eq!(msg.header.scope, RouteScope::Link);
+    }
+
+    #[test]
+    fn ipv6_router_default_matches_any_gateway_but_only_ipv6() {
+        let router: Ipv6Addr = "fe80::1ff:fe23:4567:890a".parse().unwrap();
+        let spec = RouteSpec {
+            dst: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            dst_prefix: 0,
+            via: Via::Router,
+            src: IpAddr::V6("2001:db8:0:1::25".parse().unwrap()),
+            table: 10001,
+        };
+        let concrete = spec.through(router);
+        let msg = route_message(&concrete, 7).unwrap();
+        assert!(route_matches(&msg, &concrete, Some(7)));
+        assert!(route_matches(&msg, &spec, Some(7)), "removal finds it");
+        let other = spec.through("fe80::1".parse().unwrap());
+        assert!(!route_matches(&msg, &other, Some(7)), "ensure replaces it");
+        let v4_default = RouteSpec {
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            via: Via::Gateway(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1))),
+            src: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 25)),
+            ..spec
+        };
+        assert!(!route_matches(&msg, &v4_default, Some(7)));
+        let on_link = RouteSpec {
+            dst: IpAddr::V6("2001:db8:0:1::".parse().unwrap()),
+            dst_prefix: 64,
+            via: Via::Link,
+            ..spec
+        };
+        let msg = route_message(&on_link, 7).unwrap();
+        assert!(route_matches(&msg, &on_link, Some(7)));
+        assert!(!route_matches(&msg, &spec, Some(7)));
     }
 }

@@ -16,21 +16,31 @@ pub(super) async fn ensure_rules(
     handle: &Handle,
     specs: &[RuleSpec],
 ) -> Result<Vec<String>, NetError> {
-    let rules = ipv4_rules(handle).await?;
+    let rules = all_rules(handle).await?;
     let mut changed = Vec::new();
     for spec in specs {
         if rules.iter().any(|r| rule_matches(r, spec)) {
             continue;
         }
-        let req = handle
-            .rule()
-            .add()
-            .v4()
-            .source_prefix(spec.from, 32)
-            .table_id(spec.table)
-            .priority(spec.priority)
-            .action(RuleAction::ToTable);
-        if added(req.execute().await).map_err(|e| nl_error(&format!("add rule {spec}"), e))? {
+        let res = match spec.from {
+            IpAddr::V4(from) => {
+                let req = handle.rule().add().v4().source_prefix(from, 32);
+                req.table_id(spec.table)
+                    .priority(spec.priority)
+                    .action(RuleAction::ToTable)
+                    .execute()
+                    .await
+            }
+            IpAddr::V6(from) => {
+                let req = handle.rule().add().v6().source_prefix(from, 128);
+                req.table_id(spec.table)
+                    .priority(spec.priority)
+                    .action(RuleAction::ToTable)
+                    .execute()
+                    .await
+            }
+        };
+        if added(res).map_err(|e| nl_error(&format!("add rule {spec}"), e))? {
             changed.push(format!("rule {spec}"));
         }
     }
@@ -39,7 +49,7 @@ pub(super) async fn ensure_rules(
 
 /// Deletes every rule that is exactly one of the plan's, recording each result in `td`.
 pub(super) async fn remove_rules(handle: &Handle, specs: &[RuleSpec], td: &mut Teardown) {
-    let Some(rules) = td.check(NetObject::Rule, ipv4_rules(handle).await) else {
+    let Some(rules) = td.check(NetObject::Rule, all_rules(handle).await) else {
         return;
     };
     for spec in specs {
@@ -53,14 +63,20 @@ pub(super) async fn remove_rules(handle: &Handle, specs: &[RuleSpec], td: &mut T
     }
 }
 
-async fn ipv4_rules(handle: &Handle) -> Result<Vec<RuleMessage>, NetError> {
-    handle
-        .rule()
-        .get(IpVersion::V4)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| nl_error("list rules", e))
+/// The IPv4 and IPv6 rules.
+async fn all_rules(handle: &Handle) -> Result<Vec<RuleMessage>, NetError> {
+    let mut out: Vec<RuleMessage> = Vec::new();
+    for version in [IpVersion::V4, IpVersion::V6] {
+        let rules: Vec<RuleMessage> = handle
+            .rule()
+            .get(version)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error("list rules", e))?;
+        out.extend(rules);
+    }
+    Ok(out)
 }
 
 pub(super) fn rule_table(r: &RuleMessage) -> u32 {
@@ -73,11 +89,16 @@ pub(super) fn rule_table(r: &RuleMessage) -> u32 {
         .unwrap_or(u32::from(r.header.table))
 }
 
-/// Our rule, exactly: `from <ip>/32 lookup <table>` at our priority, and no other selector.
+/// Our rule, exactly: `from <ip>/32 lookup <table>` (/128 for IPv6) at our priority, and no
+/// other selector.
 fn rule_matches(r: &RuleMessage, spec: &RuleSpec) -> bool {
-    if r.header.family != AddressFamily::Inet
+    let (family, host_len) = match spec.from {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+    };
+    if r.header.family != family
         || r.header.action != RuleAction::ToTable
-        || r.header.src_len != 32
+        || r.header.src_len != host_len
         || r.header.dst_len != 0
         || rule_table(r) != spec.table
     {
@@ -87,7 +108,7 @@ fn rule_matches(r: &RuleMessage, spec: &RuleSpec) -> bool {
     let mut priority = 0;
     for a in &r.attributes {
         match a {
-            RuleAttribute::Source(IpAddr::V4(v)) => src = Some(*v),
+            RuleAttribute::Source(v) => src = Some(*v),
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::Iifname(_)
             | RuleAttribute::Oifname(_)
@@ -108,7 +129,7 @@ mod tests {
     #[test]
     fn rule_match_is_exact() {
         let spec = RuleSpec {
-            from: Ipv4Addr::new(198, 18, 1, 25),
+            from: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 25)),
             priority: 10001,
             table: 10001,
         };
@@ -117,7 +138,7 @@ mod tests {
         r.header.action = RuleAction::ToTable;
         r.header.src_len = 32;
         r.attributes = vec![
-            RuleAttribute::Source(IpAddr::V4(spec.from)),
+            RuleAttribute::Source(spec.from),
             RuleAttribute::Priority(10001),
             RuleAttribute::Table(10001),
         ];
@@ -134,8 +155,20 @@ mod tests {
         let mut other = r.clone();
         other.header.action = RuleAction::Unspec;
         assert!(!rule_matches(&other, &spec), "a `none` rule routes nothing");
-        let mut other = r;
+        let mut other = r.clone();
         other.header.src_len = 24;
         assert!(!rule_matches(&other, &spec));
+        // The same rule for an IPv6 address: family and length follow the address.
+        let v6 = RuleSpec {
+            from: IpAddr::V6("2001:db8:0:1::25".parse().unwrap()),
+            ..spec
+        };
+        let mut r6 = r;
+        r6.attributes[0] = RuleAttribute::Source(v6.from);
+        assert!(!rule_matches(&r6, &v6), "an IPv4 header is not the IPv6 rule");
+        r6.header.family = AddressFamily::Inet6;
+        r6.header.src_len = 128;
+        assert!(rule_matches(&r6, &v6));
+        assert!(!rule_matches(&r6, &spec));
     }
 }

@@ -1,8 +1,15 @@
-//! Watching the ENI's link for loss and the plan's objects for drift, through netlink events.
+//! Watching the ENI's link for loss and the plan's objects for drift, through netlink events,
+//! and, for a plan with IPv6, for the subnet router's first router advertisement (a neighbour
+//! flagged `router` on the link): the IPv6 default route waits for it ([`super::route`]).
+
+use std::net::Ipv6Addr;
 
 use futures::StreamExt;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::link::LinkFlags;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
 use tokio::sync::mpsc;
@@ -15,12 +22,21 @@ use crate::net::{NetError, NetEvent, NetPlan};
 /// Starts a task that reports link loss and drift for `plan` on the returned channel.
 pub(super) async fn watch(plan: &NetPlan) -> Result<mpsc::Receiver<NetEvent>, NetError> {
     let mac = parse_mac(&plan.mac)?;
-    let groups = [
+    let mut groups = vec![
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv4Rule,
     ];
+    let ipv6 = plan.has_ipv6();
+    if ipv6 {
+        groups.extend([
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Ipv6Route,
+            MulticastGroup::Ipv6Rule,
+            MulticastGroup::Neigh,
+        ]);
+    }
     // Subscribe before looking the link up, so a deletion in between is not missed.
     let conn = Conn::open(&groups)?;
     let link = link::find_link(&conn.handle, mac).await?;
@@ -30,19 +46,33 @@ pub(super) async fn watch(plan: &NetPlan) -> Result<mpsc::Receiver<NetEvent>, Ne
         let _ = tx.try_send(NetEvent::LinkGone);
         return Ok(rx);
     };
-    let table = plan.table;
-    let mac_text = plan.mac.clone();
-    tokio::spawn(watch_task(conn, link.index, table, mac_text, tx));
+    if ipv6 {
+        // The router may have advertised itself between the apply and this subscription: one
+        // reconcile now finds it (and costs nothing when the route is already there).
+        let _ = tx.try_send(NetEvent::Changed);
+    }
+    let watch = Watch {
+        index: link.index,
+        table: plan.table,
+        mac: plan.mac.clone(),
+        router: None,
+    };
+    tokio::spawn(watch_task(conn, watch, tx));
     Ok(rx)
 }
 
-async fn watch_task(
-    mut conn: Conn,
+/// What the watch task looks for.
+struct Watch {
     index: u32,
     table: u32,
     mac: String,
-    tx: mpsc::Sender<NetEvent>,
-) {
+    /// The last router seen on the link, so that only a new one asks for a reconcile (its
+    /// entry changes state every few seconds while traffic flows).
+    router: Option<Ipv6Addr>,
+}
+
+async fn watch_task(mut conn: Conn, mut w: Watch, tx: mpsc::Sender<NetEvent>) {
+    let (index, mac) = (w.index, w.mac.clone());
     loop {
         let next = tokio::select! {
             m = conn.messages.next() => m,
@@ -58,7 +88,18 @@ async fn watch_task(
         let NetlinkPayload::InnerMessage(inner) = msg.payload else {
             continue;
         };
-        match event_for(&inner, index, table) {
+        if let RouteNetlinkMessage::NewNeighbour(n) = &inner {
+            match router_of(n, index) {
+                Some(r) if w.router != Some(r) => {
+                    tracing::debug!(%mac, router = %r, "IPv6 router seen on the ENI's link");
+                    w.router = Some(r);
+                    let _ = tx.try_send(NetEvent::Changed);
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match event_for(&inner, index, w.table) {
             Some(NetEvent::LinkGone) => {
                 tracing::info!(%mac, ifindex = index, "ENI link left this host");
                 let _ = tx.send(NetEvent::LinkGone).await;
@@ -71,6 +112,17 @@ async fn watch_task(
             None => {}
         }
     }
+}
+
+/// The router a neighbour message on link `index` announces, if it is one.
+fn router_of(n: &NeighbourMessage, index: u32) -> Option<Ipv6Addr> {
+    if n.header.ifindex != index || !n.header.flags.contains(NeighbourFlags::Router) {
+        return None;
+    }
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(*v),
+        _ => None,
+    })
 }
 
 /// What a netlink event means for the plan on link `index` with table `table`, if anything.
