@@ -731,6 +731,10 @@ async fn ec2(
             let resp = forward(shared.upstream, req).await?;
             Ok((overlay_describe(shared, resp), "forwarded"))
         }
+        "DescribeSubnets" => {
+            let resp = forward(shared.upstream, req).await?;
+            Ok((fix_cidr_block_states(resp), "forwarded"))
+        }
         "ModifyNetworkInterfaceAttribute" => {
             let resp = forward(shared.upstream, req).await?;
             if resp.status == 200 {
@@ -959,6 +963,24 @@ fn notify(shared: &Shared, change: Change) {
 
 /// Rewrites moto's DescribeNetworkInterfaces answer with the front's transitional states and
 /// DeleteOnTermination values.
+/// moto writes a subnet's IPv6 CIDR block state as a Python dict
+/// (`<state>{'State': 'associated'}</state>`); EC2 writes the word (`<state>associated</state>`),
+/// which is what a client parses.
+fn fix_cidr_block_states(mut resp: Response) -> Response {
+    if resp.status != 200 {
+        return resp;
+    }
+    let mut text = String::from_utf8_lossy(&resp.body).into_owned();
+    for state in ["associating", "associated", "disassociating", "disassociated", "failing", "failed"] {
+        text = text.replace(
+            &format!("<state>{{'State': '{state}'}}</state>"),
+            &format!("<state>{state}</state>"),
+        );
+    }
+    resp.body = text.into_bytes();
+    resp
+}
+
 fn overlay_describe(shared: &Shared, resp: Response) -> Response {
     if resp.status != 200 {
         return resp;

@@ -37,7 +37,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -72,34 +72,50 @@ pub enum Layout {
     OwnSubnet,
     /// The ENI in the instances' subnet, 198.18.0.0/24 on br-mgmt (one subnet per AZ).
     SharedSubnet,
+    /// [`Layout::OwnSubnet`] dual-stack: the ENI also has [`ENI_IP6`] in [`ENI_SUBNET6`], the
+    /// router advertises itself on br-eni as AWS's does, and the client reaches the ENI's IPv6
+    /// address directly (no NAT for IPv6 on AWS either).
+    DualStack,
 }
+
+/// The ENI's IPv6 address in [`Layout::DualStack`].
+pub const ENI_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x25);
+/// The ENI's IPv6 subnet in [`Layout::DualStack`].
+pub const ENI_SUBNET6: &str = "2001:db8:0:1::/64";
+/// The client's IPv6 address on the "internet".
+const CLIENT_IP6: &str = "2001:db8:0:ff::130";
 
 impl Layout {
     pub fn eni_ip(self) -> Ipv4Addr {
         match self {
-            Layout::OwnSubnet => ENI_IP,
+            Layout::OwnSubnet | Layout::DualStack => ENI_IP,
             Layout::SharedSubnet => Ipv4Addr::new(198, 18, 0, 25),
         }
     }
 
     pub fn eni_secondary_ip(self) -> Ipv4Addr {
         match self {
-            Layout::OwnSubnet => ENI_SECONDARY_IP,
+            Layout::OwnSubnet | Layout::DualStack => ENI_SECONDARY_IP,
             Layout::SharedSubnet => Ipv4Addr::new(198, 18, 0, 26),
         }
     }
 
     fn subnet_cidr(self) -> &'static str {
         match self {
-            Layout::OwnSubnet => "198.18.1.0/24",
+            Layout::OwnSubnet | Layout::DualStack => "198.18.1.0/24",
             Layout::SharedSubnet => "198.18.0.0/24",
         }
+    }
+
+    /// The ENI's IPv6 subnet and address, in the dual-stack layout.
+    pub fn ipv6(self) -> Option<(&'static str, Ipv6Addr)> {
+        (self == Layout::DualStack).then_some((ENI_SUBNET6, ENI_IP6))
     }
 
     /// The router's bridge the ENI's NIC is a port of.
     fn eni_bridge(self) -> &'static str {
         match self {
-            Layout::OwnSubnet => "br-eni",
+            Layout::OwnSubnet | Layout::DualStack => "br-eni",
             Layout::SharedSubnet => "br-mgmt",
         }
     }
@@ -275,6 +291,7 @@ impl CloudThread {
                         layout.subnet_cidr(),
                         layout.eni_ip(),
                         layout.eni_secondary_ip(),
+                        layout.ipv6(),
                     )
                 };
                 let _ = ready_tx.send((front.control(), seed().await));
@@ -514,6 +531,8 @@ pub struct Lab {
     spaces: Vec<Netns>,
     /// Extra environment for the agents this lab starts (test seams), until changed.
     pub agent_env: Vec<(String, String)>,
+    /// The subnet router's IPv6 advertisements on br-eni, in the dual-stack layout.
+    ra: Option<super::ra::Advertiser>,
 }
 
 impl Lab {
@@ -584,6 +603,9 @@ impl Lab {
             dir,
             spaces,
             agent_env: Vec::new(),
+            ra: layout
+                .ipv6()
+                .map(|_| super::ra::Advertiser::start(NS_RT, "br-eni", super::ra::AWS_ROUTER)),
         };
         lab.apply_seed(seeded);
         for side in Side::BOTH {
@@ -696,10 +718,15 @@ impl Lab {
 
     fn start_nginx(&mut self, side: Side) {
         let n = self.node(side);
+        // Dual-stack: the wildcard of each family.
+        let listen = match self.layout.ipv6() {
+            Some(_) => "listen 80;\n    listen [::]:80;",
+            None => "listen 80;",
+        };
         let conf = format!(
             "daemon off;\nmaster_process on;\nworker_processes 1;\npid {dir}/nginx-{name}.pid;\n\
              error_log {dir}/nginx-{name}.err warn;\nevents {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  server {{\n    listen 80;\n    default_type text/plain;\n\
+             http {{\n  access_log off;\n  server {{\n    {listen}\n    default_type text/plain;\n\
              \x20   location / {{ return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
             dir = self.dir.display(),
             name = n.name()
@@ -962,6 +989,32 @@ impl Lab {
         netns::run_in(NS_CLI, move || fetch(timeout))
     }
 
+    /// One GET of the ENI's IPv6 address from the client (dual-stack layout): who answered.
+    pub fn client_fetch6(&self, timeout: Duration) -> Option<String> {
+        let addr = SocketAddr::from((ENI_IP6, 80));
+        netns::run_in(NS_CLI, move || fetch_from(addr, timeout, timeout))
+    }
+
+    /// The IPv6 policy rules and the IPv6 routes of the ENI's table on a node, as `ip` prints
+    /// them: what enipeer put there for the ENI's IPv6 address.
+    pub fn eni_ipv6_state(&self, side: Side) -> (Vec<String>, Vec<String>) {
+        let rules = ip(side.ns(), &["-6", "rule", "show"])
+            .lines()
+            .filter(|l| l.contains(&format!("from {ENI_IP6} ")))
+            .map(str::to_owned)
+            .collect();
+        // `ip` fails on a table that never held an IPv6 route: that is an empty table.
+        let routes = Command::new("ip")
+            .args(["-n", side.ns(), "-6", "route", "show", "table", "10001"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        (rules, routes)
+    }
+
     /// True once the node answers through the EIP.
     pub fn serving(&self, side: Side) -> bool {
         self.client_fetch(Duration::from_millis(300)).as_deref() == Some(side.name())
@@ -1026,6 +1079,7 @@ impl Drop for Lab {
             let _ = std::fs::copy(&n.log, Path::new(LOG_DIR).join(format!("{}.log", n.name())));
         }
         self.cloud.take();
+        self.ra.take();
         // Each namespace goes with whatever still runs in it.
         self.spaces.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -1080,7 +1134,52 @@ fn build_topology(dir: &Path, layout: Layout) -> Vec<Netns> {
     if layout == Layout::SharedSubnet {
         source_check_per_port(dir, layout);
     }
+    if layout.ipv6().is_some() {
+        ipv6_topology(dir);
+    }
     spaces
+}
+
+/// IPv6 in the dual-stack layout, all on 2001:db8::/32: the instances' primaries in
+/// 2001:db8::/64 on br-mgmt (default via the router there), the ENI's subnet on br-eni, the
+/// client in 2001:db8:0:ff::/64. The router forwards and applies the source/destination check
+/// as a strict reverse-path test (nftables `fib`): an ENI address arriving over br-mgmt, as a
+/// reply without the ENI's IPv6 policy routing would, is dropped. Its advertisements on br-eni
+/// come from [`super::ra::Advertiser`], which the lab starts.
+fn ipv6_topology(dir: &Path) {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        NS_RT,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    let r = |args: &[&str]| ip(NS_RT, args);
+    r(&["-6", "addr", "add", "2001:db8::1/64", "dev", "br-mgmt", "nodad"]);
+    r(&["-6", "addr", "add", "2001:db8:0:1::1/64", "dev", "br-eni", "nodad"]);
+    r(&["-6", "addr", "add", "2001:db8:0:ff::129/64", "dev", "rt-cli", "nodad"]);
+    let cli = format!("{CLIENT_IP6}/64");
+    ip(NS_CLI, &["-6", "addr", "add", &cli, "dev", "eth0", "nodad"]);
+    ip(NS_CLI, &["-6", "route", "add", "default", "via", "2001:db8:0:ff::129"]);
+    for (side, host) in [(Side::A, "11"), (Side::B, "12")] {
+        let addr = format!("2001:db8::{host}/64");
+        ip(side.ns(), &["-6", "addr", "add", &addr, "dev", "eth0", "nodad"]);
+        ip(side.ns(), &["-6", "route", "add", "default", "via", "2001:db8::1"]);
+    }
+    let nft = "table ip6 enpl_srccheck6 {\n  chain pre {\n    type filter hook prerouting priority 0; policy accept;\n    fib saddr . iif oif missing counter drop\n  }\n}\n";
+    let f = dir.join("srccheck6.nft");
+    std::fs::write(&f, nft).expect("nft file");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        NS_RT,
+        "nft",
+        "-f",
+        f.to_str().expect("utf-8"),
+    ]);
 }
 
 /// An instance's (or the cloud's) eth0 on br-mgmt. In the shared layout as Ubuntu's netplan
@@ -1089,7 +1188,7 @@ fn build_topology(dir: &Path, layout: Layout) -> Vec<Netns> {
 /// would win over them.
 fn primary_interface(ns: &str, addr: &str, layout: Layout) {
     match layout {
-        Layout::OwnSubnet => {
+        Layout::OwnSubnet | Layout::DualStack => {
             ip(ns, &["addr", "add", addr, "dev", "eth0"]);
             ip(ns, &["link", "set", "eth0", "up"]);
             ip(ns, &["route", "add", "default", "via", "198.18.0.1"]);
@@ -1214,7 +1313,11 @@ pub fn fetch(timeout: Duration) -> Option<String> {
 /// while the address is unreachable is simply lost (TCP would retry only after 1 s), so a short
 /// connect timeout keeps the probe from hiding the moment service resumes.
 pub fn fetch_with(connect: Duration, timeout: Duration) -> Option<String> {
-    let addr = SocketAddr::from((EIP, 80));
+    fetch_from(SocketAddr::from((EIP, 80)), connect, timeout)
+}
+
+/// One HTTP GET of `addr`; the node name that answered.
+pub fn fetch_from(addr: SocketAddr, connect: Duration, timeout: Duration) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, connect).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;

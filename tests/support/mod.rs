@@ -261,7 +261,7 @@ impl Seeded {
 /// 198.18.1.25 (and secondary 198.18.1.26), tagged `enipeer-group`. The first call also warms
 /// moto up (its first EC2 request is slow).
 pub async fn seed(ec2: &aws_sdk_ec2::Client) -> Seeded {
-    seed_in(ec2, "198.18.1.0/24", ENI_IP, ENI_SECONDARY_IP).await
+    seed_in(ec2, "198.18.1.0/24", ENI_IP, ENI_SECONDARY_IP, None).await
 }
 
 /// [`seed`] with the ENI's subnet and addresses chosen (the lab's layouts).
@@ -270,6 +270,7 @@ pub async fn seed_in(
     subnet_cidr: &str,
     eni_ip: Ipv4Addr,
     eni_secondary_ip: Ipv4Addr,
+    ipv6: Option<(&str, std::net::Ipv6Addr)>,
 ) -> Seeded {
     let vpc = ec2
         .create_vpc()
@@ -284,6 +285,7 @@ pub async fn seed_in(
         .create_subnet()
         .vpc_id(&vpc)
         .cidr_block(subnet_cidr)
+        .set_ipv6_cidr_block(ipv6.map(|(cidr, _)| cidr.to_owned()))
         .availability_zone(AZ)
         .send()
         .await
@@ -321,6 +323,11 @@ pub async fn seed_in(
                 .primary(false)
                 .build(),
         )
+        .set_ipv6_addresses(ipv6.map(|(_, addr)| {
+            vec![aws_sdk_ec2::types::InstanceIpv6Address::builder()
+                .ipv6_address(addr.to_string())
+                .build()]
+        }))
         .tag_specifications(
             TagSpecification::builder()
                 .resource_type(ResourceType::NetworkInterface)

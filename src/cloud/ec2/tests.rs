@@ -384,3 +384,43 @@ async fn claim_stops_at_an_unexpected_holder() {
         ["DescribeNetworkInterfaces"]
     );
 }
+
+#[tokio::test]
+async fn describe_reads_ipv6_addresses_and_the_associated_ipv6_subnet_block() {
+    // As EC2 answers for a dual-stack ENI: `ipv6AddressesSet`, and in the subnet a
+    // disassociated block before the one in force.
+    let body = describe_body("").replace(
+        "<status>",
+        "<ipv6AddressesSet><item><ipv6Address>2001:db8:0:1::25</ipv6Address></item>\
+         <item><ipv6Address>not-an-address</ipv6Address></item></ipv6AddressesSet><status>",
+    );
+    let replay = Replay::new(vec![
+        (200, body),
+        (
+            200,
+            "<DescribeSubnetsResponse><subnetSet><item><subnetId>subnet-0123456789abcdef0\
+             </subnetId><cidrBlock>198.18.1.0/24</cidrBlock><ipv6CidrBlockAssociationSet>\
+             <item><ipv6CidrBlock>2001:db8:0:9::/64</ipv6CidrBlock><ipv6CidrBlockState>\
+             <state>disassociated</state></ipv6CidrBlockState></item>\
+             <item><ipv6CidrBlock>2001:db8:0:1::/64</ipv6CidrBlock><ipv6CidrBlockState>\
+             <state>associated</state></ipv6CidrBlockState></item>\
+             </ipv6CidrBlockAssociationSet></item></subnetSet></DescribeSubnetsResponse>"
+                .into(),
+        ),
+    ]);
+    let cloud = cloud_with(&replay, policy(5_000));
+    let info = cloud.describe().await.unwrap();
+    assert_eq!(
+        info.ipv6_addresses,
+        vec!["2001:db8:0:1::25".parse::<std::net::Ipv6Addr>().unwrap()],
+        "an address that does not parse is left out"
+    );
+    assert_eq!(
+        info.subnet_ipv6_cidr,
+        Some(crate::cloud::Ipv6Net {
+            addr: "2001:db8:0:1::".parse().unwrap(),
+            prefix: 64
+        })
+    );
+    assert_eq!(info.subnet_cidr.map(|n| n.prefix), Some(24));
+}
