@@ -101,7 +101,11 @@ fn lab_ipv6_client_is_served_after_failover_and_nothing_ipv6_is_left_behind() {
 
     let (v4, v6) = fail_over_to_b(&mut lab);
     eprintln!("after the freeze of node-a: served by node-b over IPv4 {v4:?}, over IPv6 {v6:?}");
-    assert!(v4.is_some(), "node-b serves through the EIP: {}", logs(&lab));
+    assert!(
+        v4.is_some(),
+        "node-b serves through the EIP: {}",
+        logs(&lab)
+    );
     assert!(v6.is_some(), "node-b serves over IPv6: {}", logs(&lab));
     let (rules, routes) = lab.eni_ipv6_state(B);
     assert_eq!(rules.len(), 1, "node-b's IPv6 rule: {rules:?}");
@@ -112,7 +116,9 @@ fn lab_ipv6_client_is_served_after_failover_and_nothing_ipv6_is_left_behind() {
         "node-b's IPv6 default via the advertised router: {routes:?}"
     );
     assert!(
-        routes.iter().any(|r| r.starts_with("2001:db8:0:1::/64 dev ")),
+        routes
+            .iter()
+            .any(|r| r.starts_with("2001:db8:0:1::/64 dev ")),
         "{routes:?}"
     );
 
@@ -131,7 +137,11 @@ fn lab_ipv6_client_is_served_after_failover_and_nothing_ipv6_is_left_behind() {
     );
     let back = served6_within(&lab, A, Duration::from_secs(15));
     eprintln!("after the yield: node-a served over IPv6 after {back:?}");
-    assert!(back.is_some(), "node-a serves over IPv6 again: {}", logs(&lab));
+    assert!(
+        back.is_some(),
+        "node-a serves over IPv6 again: {}",
+        logs(&lab)
+    );
     lab.wait_for("node-b backup", Duration::from_secs(10), |l| {
         l.role_name(B) == "backup"
     });
@@ -172,7 +182,11 @@ fn lab_ipv6_client_is_not_served_by_a_host_side_that_ignores_ipv6() {
     });
     assert!(served6_within(&lab, A, Duration::from_secs(10)).is_some());
     let (v4, v6) = fail_over_to_b(&mut lab);
-    assert!(v4.is_some(), "node-b serves through the EIP: {}", logs(&lab));
+    assert!(
+        v4.is_some(),
+        "node-b serves through the EIP: {}",
+        logs(&lab)
+    );
     assert_eq!(v6, None, "no IPv6 service without the IPv6 host side");
     assert_eq!(lab.eni_ipv6_state(B), (vec![], vec![]));
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enipeer::cloud::{EniInfo, Ipv4Net, Ipv6Net};
+use enipeer::cloud::{EniInfo, EniIpv6, Ipv4Net, Ipv6Net};
 use enipeer::config::NetworkSettings;
 use enipeer::net::netlink::NetlinkNet;
 use enipeer::net::{HostNet, NetErrorKind, NetEvent, NetPlan};
@@ -89,8 +89,7 @@ fn plan() -> NetPlan {
         mac: MAC.into(),
         primary_ip: ip4("198.18.1.25"),
         secondary_ips: vec![ip4("198.18.1.26")],
-        ipv6_addresses: Vec::new(),
-        subnet_ipv6_cidr: None,
+        ipv6: None,
         subnet_cidr: Some(Ipv4Net {
             addr: ip4("198.18.1.0"),
             prefix: 24,
@@ -697,8 +696,7 @@ fn shared_plan() -> NetPlan {
         mac: MAC.into(),
         primary_ip: ip4(SHARED_ENI_IP),
         secondary_ips: vec![ip4("198.18.0.26")],
-        ipv6_addresses: Vec::new(),
-        subnet_ipv6_cidr: None,
+        ipv6: None,
         subnet_cidr: Some(Ipv4Net {
             addr: ip4("198.18.0.0"),
             prefix: 24,
@@ -1032,11 +1030,13 @@ fn dual_stack_plan() -> NetPlan {
         mac: MAC.into(),
         primary_ip: ip4("198.18.1.25"),
         secondary_ips: vec![ip4("198.18.1.26")],
-        ipv6_addresses: vec!["2001:db8:0:1::25".parse().unwrap()],
-        subnet_ipv6_cidr: Some(Ipv6Net {
-            addr: "2001:db8:0:1::".parse().unwrap(),
-            prefix: 64,
-        }),
+        ipv6: Some(Box::new(EniIpv6 {
+            addresses: vec!["2001:db8:0:1::25".parse().unwrap()],
+            subnet_cidr: Some(Ipv6Net {
+                addr: "2001:db8:0:1::".parse().unwrap(),
+                prefix: 64,
+            }),
+        })),
         subnet_cidr: Some(Ipv4Net {
             addr: ip4("198.18.1.0"),
             prefix: 24,
@@ -1053,7 +1053,17 @@ fn dual_stack_pair() -> (Netns, Netns) {
     let host = Netns::unique("enp-t");
     let router = Netns::unique("enp-t");
     host.ip(&[
-        "link", "add", "nic0", "address", MAC, "type", "veth", "peer", "name", "wire0", "netns",
+        "link",
+        "add",
+        "nic0",
+        "address",
+        MAC,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "wire0",
+        "netns",
         router.name(),
     ]);
     router.ip(&["link", "set", "wire0", "up"]);
@@ -1137,23 +1147,28 @@ fn v6_main_routes_on(ns: &Netns, dev: &str) -> Vec<String> {
 /// Applies the dual-stack plan, then reconciles on each watch event until the IPv6 default
 /// route via the router is in the ENI's table (bounded: 15 s). Returns how long that took.
 fn apply_and_wait_for_the_router(host: &Netns) -> Duration {
-    host.block_on(|| async {
+    let name = host.name().to_owned();
+    let has_default = move || {
+        let out = sh(&["ip", "-n", &name, "-6", "route", "show", "table", "10001"]);
+        out.lines()
+            .any(|l| l.starts_with("default via fe80::1ff:fe23:4567:890a "))
+    };
+    host.block_on(|| async move {
         let net = NetlinkNet::new(Duration::from_secs(5));
         let plan = dual_stack_plan();
         let started = Instant::now();
         net.apply(&plan).await.unwrap();
         let mut events = net.watch(&plan).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
+        // The router may have answered the solicitation within the apply already.
+        while !has_default() {
             let ev = tokio::time::timeout_at(deadline, events.recv())
                 .await
                 .expect("no router appeared within 15 s");
             assert_eq!(ev, Some(NetEvent::Changed));
-            let report = net.reconcile(&plan).await.unwrap();
-            if report.changed.iter().any(|c| c.starts_with("route default via fe80")) {
-                return started.elapsed();
-            }
+            net.reconcile(&plan).await.unwrap();
         }
+        started.elapsed()
     })
 }
 
@@ -1176,7 +1191,10 @@ fn dual_stack_eni_gets_ipv6_rules_and_routes_in_its_table_via_the_advertised_rou
         vec!["2001:db8:0:1::25/64 nodad,noprefixroute"],
         "usable at once (no DAD) and no prefix route"
     );
-    assert_eq!(v6_rules(&host, "10001"), vec!["10001 from 2001:db8:0:1::25/128"]);
+    assert_eq!(
+        v6_rules(&host, "10001"),
+        vec!["10001 from 2001:db8:0:1::25/128"]
+    );
     assert_eq!(
         v6_routes(&host, "10001"),
         vec![
@@ -1186,8 +1204,18 @@ fn dual_stack_eni_gets_ipv6_rules_and_routes_in_its_table_via_the_advertised_rou
     );
     // The RA neither put a default nor a prefix into the main table, nor an address by SLAAC.
     assert_eq!(v6_main_routes_on(&host, "eni0"), Vec::<String>::new());
-    assert_eq!(sysctl(&host, "/proc/sys/net/ipv6/conf/eni0/accept_ra_defrtr"), "0");
-    assert_eq!(sysctl(&host, "/proc/sys/net/ipv6/conf/eni0/accept_ra_pinfo"), "0");
+    assert_eq!(
+        sysctl(&host, "/proc/sys/net/ipv6/conf/eni0/accept_ra_defrtr"),
+        "0"
+    );
+    assert_eq!(
+        sysctl(&host, "/proc/sys/net/ipv6/conf/eni0/accept_ra_pinfo"),
+        "0"
+    );
+    assert_eq!(
+        sysctl(&host, "/proc/sys/net/ipv6/conf/eni0/accept_dad"),
+        "0"
+    );
     // IPv4 as before.
     assert_plan_in_place(&host);
 
@@ -1205,7 +1233,9 @@ fn dual_stack_eni_gets_ipv6_rules_and_routes_in_its_table_via_the_advertised_rou
         net.remove(&dual_stack_plan()).await.unwrap().changed
     });
     assert!(
-        removed.iter().any(|r| r.contains("route default via <router from RAs>")),
+        removed
+            .iter()
+            .any(|r| r.contains("route default via <router from RAs>")),
         "{removed:?}"
     );
     assert_eq!(v6_rules(&host, "10001"), Vec::<String>::new());
@@ -1232,31 +1262,55 @@ fn removal_that_ignores_ipv6_leaves_the_ipv6_rule_and_routes_behind() {
         net.remove(&plan()).await.unwrap();
     });
     assert!(table_rules(&host, "10001").is_empty(), "IPv4 is clean");
-    assert_eq!(v6_rules(&host, "10001"), vec!["10001 from 2001:db8:0:1::25/128"]);
+    assert_eq!(
+        v6_rules(&host, "10001"),
+        vec!["10001 from 2001:db8:0:1::25/128"]
+    );
     assert_eq!(v6_routes(&host, "10001").len(), 2);
     assert_eq!(v6_addrs(&host, "eni0").len(), 1);
 }
 
 /// Without router advertisements the IPv6 default route waits, and nothing else does: the
-/// apply succeeds with IPv4 and the rest of IPv6 in place.
+/// apply succeeds with IPv4 and the rest of IPv6 in place. When the router then advertises
+/// itself, the watch asks for a reconcile, which adds the route.
 #[test]
 fn without_router_advertisements_only_the_ipv6_default_route_waits() {
     if !is_root() {
         return;
     }
-    let (host, _router) = dual_stack_pair();
-    let changed = host.block_on(|| async {
+    let (host, router) = dual_stack_pair();
+    let router_name = router.name().to_owned();
+    let (changed, later) = host.block_on(move || async move {
         let net = NetlinkNet::new(Duration::from_secs(5));
-        net.apply(&dual_stack_plan()).await.unwrap().changed
+        let plan = dual_stack_plan();
+        let changed = net.apply(&plan).await.unwrap().changed;
+        let mut events = net.watch(&plan).await.unwrap();
+        // The watch's first event (the router may have come before it): nothing to add yet.
+        assert_eq!(events.recv().await, Some(NetEvent::Changed));
+        let first = net.reconcile(&plan).await.unwrap().changed;
+        assert!(first.is_empty(), "{first:?}");
+        let ra = ra::Advertiser::start(&router_name, "wire0", ra::AWS_ROUTER);
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        assert_eq!(
+            ev.ok().flatten(),
+            Some(NetEvent::Changed),
+            "the router's arrival"
+        );
+        let later = net.reconcile(&plan).await.unwrap().changed;
+        drop(ra);
+        (changed, later)
     });
     assert!(
         !changed.iter().any(|c| c.contains("default via fe80")),
         "{changed:?}"
     );
+    assert_eq!(
+        later,
+        vec!["route default via fe80::1ff:fe23:4567:890a src 2001:db8:0:1::25 table 10001"]
+    );
     assert_plan_in_place(&host);
     assert_eq!(
-        v6_routes(&host, "10001"),
-        vec!["2001:db8:0:1::/64 via - dev eni0 src 2001:db8:0:1::25"]
+        v6_rules(&host, "10001"),
+        vec!["10001 from 2001:db8:0:1::25/128"]
     );
-    assert_eq!(v6_rules(&host, "10001"), vec!["10001 from 2001:db8:0:1::25/128"]);
 }

@@ -551,7 +551,9 @@ impl ClaimProc {
 
     fn fill_cidrs(&self, info: &mut EniInfo) {
         info.subnet_cidr = info.subnet_cidr.or(self.cidr);
-        info.subnet_ipv6_cidr = info.subnet_ipv6_cidr.or(self.cidr6);
+        if let Some(v6) = info.ipv6.as_mut() {
+            v6.subnet_cidr = v6.subnet_cidr.or(self.cidr6);
+        }
     }
 
     fn mark(&mut self, label: impl Into<String>) {
@@ -569,7 +571,9 @@ impl ClaimProc {
     fn look(&mut self, last: Option<Result<Reply, CloudError>>) -> Result<EniInfo, CloudError> {
         let info = expect_info(last)?;
         self.cidr = self.cidr.or(info.subnet_cidr);
-        self.cidr6 = self.cidr6.or(info.subnet_ipv6_cidr);
+        self.cidr6 = self
+            .cidr6
+            .or(info.ipv6.as_ref().and_then(|v6| v6.subnet_cidr));
         self.latest = Some(Box::new(info.clone()));
         Ok(info)
     }

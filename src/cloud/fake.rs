@@ -153,8 +153,7 @@ impl FileCloud {
             mac: s.mac.clone(),
             primary_ip: s.primary_ip,
             secondary_ips: Vec::new(),
-            ipv6_addresses: Vec::new(),
-            subnet_ipv6_cidr: None,
+            ipv6: None,
             subnet_cidr: Some(Ipv4Net {
                 addr: s.subnet,
                 prefix: s.prefix,

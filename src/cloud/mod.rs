@@ -60,6 +60,15 @@ pub struct Ipv6Net {
     pub prefix: u8,
 }
 
+/// The ENI's IPv6 addresses and its subnet's IPv6 CIDR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniIpv6 {
+    /// At least one.
+    pub addresses: Vec<Ipv6Addr>,
+    /// The subnet's IPv6 CIDR (a /64 on AWS by default), when known.
+    pub subnet_cidr: Option<Ipv6Net>,
+}
+
 /// Everything enipeer needs to know about the ENI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EniInfo {
@@ -71,10 +80,9 @@ pub struct EniInfo {
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
     pub subnet_cidr: Option<Ipv4Net>,
-    /// The ENI's IPv6 addresses (none unless its subnet is dual-stack and some were assigned).
-    pub ipv6_addresses: Vec<Ipv6Addr>,
-    /// The subnet's IPv6 CIDR (a /64 on AWS by default), when it has one.
-    pub subnet_ipv6_cidr: Option<Ipv6Net>,
+    /// The ENI's IPv6 side; `None` when it has no IPv6 address (most ENIs: boxed, since the
+    /// description travels by value in every cloud result).
+    pub ipv6: Option<Box<EniIpv6>>,
     pub availability_zone: Option<String>,
 }
 

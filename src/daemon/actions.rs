@@ -168,7 +168,8 @@ impl Daemon {
             addresses_v6: self
                 .eni
                 .as_ref()
-                .map(|e| e.ipv6_addresses.clone())
+                .and_then(|e| e.ipv6.as_ref())
+                .map(|v6| v6.addresses.clone())
                 .unwrap_or_default(),
             event: None,
         }

@@ -100,8 +100,7 @@ impl Daemon {
     pub(super) fn remember_eni(&mut self, mut info: EniInfo) {
         if ipv4_only_seam() {
             // The negative control of the IPv6 lab test: the host side as it was before IPv6.
-            info.ipv6_addresses.clear();
-            info.subnet_ipv6_cidr = None;
+            info.ipv6 = None;
         }
         if !self.coexistence_checked && self.settings.testing.is_none() {
             self.coexistence_checked = true;

@@ -77,8 +77,7 @@ fn eni() -> EniInfo {
         mac: "02:00:00:00:00:01".into(),
         primary_ip: Ipv4Addr::new(198, 18, 1, 25),
         secondary_ips: Vec::new(),
-        ipv6_addresses: Vec::new(),
-        subnet_ipv6_cidr: None,
+        ipv6: None,
         subnet_cidr: None,
         availability_zone: None,
     }

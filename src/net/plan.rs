@@ -153,11 +153,14 @@ fn ipv4_addresses(info: &EniInfo) -> Vec<AddrSpec> {
 
 fn ipv6_addresses(info: &EniInfo) -> Vec<AddrSpec> {
     let mut out: Vec<AddrSpec> = Vec::new();
-    for &addr in &info.ipv6_addresses {
+    let Some(v6) = info.ipv6.as_deref() else {
+        return out;
+    };
+    for &addr in &v6.addresses {
         if out.iter().any(|a| a.addr == addr) {
             continue;
         }
-        let prefix = match (out.is_empty(), info.subnet_ipv6_cidr) {
+        let prefix = match (out.is_empty(), v6.subnet_cidr) {
             (true, Some(s)) => s.prefix,
             _ => 128,
         };
@@ -197,12 +200,16 @@ fn ipv4_routes(info: &EniInfo, table: u32) -> Vec<RouteSpec> {
 
 /// The IPv6 subnet on the link (when its CIDR is known) and the default via the router.
 fn ipv6_routes(info: &EniInfo, table: u32) -> Vec<RouteSpec> {
-    let Some(&first) = info.ipv6_addresses.first() else {
+    let Some((&first, v6)) = info
+        .ipv6
+        .as_deref()
+        .and_then(|v6| Some((v6.addresses.first()?, v6)))
+    else {
         return Vec::new();
     };
     let src = IpAddr::V6(first);
     let mut routes = Vec::new();
-    if let Some(s) = info.subnet_ipv6_cidr {
+    if let Some(s) = v6.subnet_cidr {
         routes.push(RouteSpec {
             dst: IpAddr::V6(network_of_v6(s)),
             dst_prefix: s.prefix,
@@ -325,8 +332,7 @@ mod tests {
             mac: "0A:1B:2C:3D:4E:5F".into(),
             primary_ip: ip(primary),
             secondary_ips: secondary.iter().map(|s| ip(s)).collect(),
-            ipv6_addresses: Vec::new(),
-            subnet_ipv6_cidr: None,
+            ipv6: None,
             subnet_cidr: cidr.map(net),
             availability_zone: None,
         }
@@ -365,14 +371,16 @@ mod tests {
 
     fn dual_stack(v6: &[&str], cidr6: Option<&str>) -> EniInfo {
         let mut e = eni("198.18.1.25", &[], Some("198.18.1.0/24"));
-        e.ipv6_addresses = v6.iter().map(|s| s.parse().unwrap()).collect();
-        e.subnet_ipv6_cidr = cidr6.map(|c| {
-            let (a, p) = c.split_once('/').unwrap();
-            Ipv6Net {
-                addr: a.parse().unwrap(),
-                prefix: p.parse().unwrap(),
-            }
-        });
+        e.ipv6 = Some(Box::new(crate::cloud::EniIpv6 {
+            addresses: v6.iter().map(|s| s.parse().unwrap()).collect(),
+            subnet_cidr: cidr6.map(|c| {
+                let (a, p) = c.split_once('/').unwrap();
+                Ipv6Net {
+                    addr: a.parse().unwrap(),
+                    prefix: p.parse().unwrap(),
+                }
+            }),
+        }));
         e
     }
 

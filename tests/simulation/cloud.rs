@@ -129,8 +129,7 @@ impl Cloud {
             mac: "02:00:5e:10:00:25".into(),
             primary_ip: "198.18.1.25".parse().expect("an address"),
             secondary_ips: Vec::new(),
-            ipv6_addresses: Vec::new(),
-            subnet_ipv6_cidr: None,
+            ipv6: None,
             subnet_cidr: Some(Ipv4Net {
                 addr: "198.18.1.0".parse().expect("an address"),
                 prefix: 24,

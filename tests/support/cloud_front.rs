@@ -971,7 +971,14 @@ fn fix_cidr_block_states(mut resp: Response) -> Response {
         return resp;
     }
     let mut text = String::from_utf8_lossy(&resp.body).into_owned();
-    for state in ["associating", "associated", "disassociating", "disassociated", "failing", "failed"] {
+    for state in [
+        "associating",
+        "associated",
+        "disassociating",
+        "disassociated",
+        "failing",
+        "failed",
+    ] {
         text = text.replace(
             &format!("<state>{{'State': '{state}'}}</state>"),
             &format!("<state>{state}</state>"),

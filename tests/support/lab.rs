@@ -1157,16 +1157,49 @@ fn ipv6_topology(dir: &Path) {
         "net.ipv6.conf.all.forwarding=1",
     ]);
     let r = |args: &[&str]| ip(NS_RT, args);
-    r(&["-6", "addr", "add", "2001:db8::1/64", "dev", "br-mgmt", "nodad"]);
-    r(&["-6", "addr", "add", "2001:db8:0:1::1/64", "dev", "br-eni", "nodad"]);
-    r(&["-6", "addr", "add", "2001:db8:0:ff::129/64", "dev", "rt-cli", "nodad"]);
+    r(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::1/64",
+        "dev",
+        "br-mgmt",
+        "nodad",
+    ]);
+    r(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:0:1::1/64",
+        "dev",
+        "br-eni",
+        "nodad",
+    ]);
+    r(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:0:ff::129/64",
+        "dev",
+        "rt-cli",
+        "nodad",
+    ]);
     let cli = format!("{CLIENT_IP6}/64");
     ip(NS_CLI, &["-6", "addr", "add", &cli, "dev", "eth0", "nodad"]);
-    ip(NS_CLI, &["-6", "route", "add", "default", "via", "2001:db8:0:ff::129"]);
+    ip(
+        NS_CLI,
+        &["-6", "route", "add", "default", "via", "2001:db8:0:ff::129"],
+    );
     for (side, host) in [(Side::A, "11"), (Side::B, "12")] {
         let addr = format!("2001:db8::{host}/64");
-        ip(side.ns(), &["-6", "addr", "add", &addr, "dev", "eth0", "nodad"]);
-        ip(side.ns(), &["-6", "route", "add", "default", "via", "2001:db8::1"]);
+        ip(
+            side.ns(),
+            &["-6", "addr", "add", &addr, "dev", "eth0", "nodad"],
+        );
+        ip(
+            side.ns(),
+            &["-6", "route", "add", "default", "via", "2001:db8::1"],
+        );
     }
     let nft = "table ip6 enpl_srccheck6 {\n  chain pre {\n    type filter hook prerouting priority 0; policy accept;\n    fib saddr . iif oif missing counter drop\n  }\n}\n";
     let f = dir.join("srccheck6.nft");

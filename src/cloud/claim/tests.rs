@@ -75,8 +75,7 @@ impl Model {
             mac: "02:00:5e:10:00:25".into(),
             primary_ip: Ipv4Addr::new(198, 18, 1, 25),
             secondary_ips: Vec::new(),
-            ipv6_addresses: Vec::new(),
-            subnet_ipv6_cidr: None,
+            ipv6: None,
             subnet_cidr: None,
             availability_zone: None,
         }

@@ -39,7 +39,8 @@ use tracing::{debug, info, warn};
 use crate::cloud::claim::{self, Context, Limits, Primitives};
 use crate::cloud::{
     AttachState, Attachment, ClaimHints, ClaimOutcome, ClaimRequest, Cloud, CloudError,
-    CloudErrorKind, EniInfo, Identity, Ipv4Net, Ipv6Net, PollSchedule, ReleaseOutcome, Watched,
+    CloudErrorKind, EniInfo, EniIpv6, Identity, Ipv4Net, Ipv6Net, PollSchedule, ReleaseOutcome,
+    Watched,
 };
 use crate::config::AwsSettings;
 use crate::ids::{EniId, InstanceId};
@@ -348,7 +349,9 @@ impl Ec2Cloud {
                 *cache = Some((subnet, nets));
             }
             info.subnet_cidr = nets.v4;
-            info.subnet_ipv6_cidr = nets.v6;
+            if let Some(v6) = info.ipv6.as_mut() {
+                v6.subnet_cidr = nets.v6;
+            }
         }
         Ok(info)
     }
@@ -464,11 +467,17 @@ fn eni_info(
         .filter(|p| p.primary() != Some(true))
         .filter_map(|p| p.private_ip_address()?.parse().ok())
         .collect();
-    let ipv6_addresses = ni
+    let ipv6_addresses: Vec<Ipv6Addr> = ni
         .ipv6_addresses()
         .iter()
         .filter_map(|a| a.ipv6_address()?.parse().ok())
         .collect();
+    let ipv6 = (!ipv6_addresses.is_empty()).then(|| {
+        Box::new(EniIpv6 {
+            addresses: ipv6_addresses,
+            subnet_cidr: subnet.v6,
+        })
+    });
     Ok(EniInfo {
         eni_id: eni.clone(),
         status: ni
@@ -480,8 +489,7 @@ fn eni_info(
         primary_ip,
         secondary_ips,
         subnet_cidr: subnet.v4,
-        ipv6_addresses,
-        subnet_ipv6_cidr: subnet.v6,
+        ipv6,
         availability_zone: ni.availability_zone().map(str::to_owned),
     })
 }

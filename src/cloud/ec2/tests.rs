@@ -357,16 +357,15 @@ async fn claim_stops_at_an_unexpected_holder() {
     let other = "i-0bbbbbbbbbbbbbbbb";
     let replay = Replay::always(200, describe_body(&attached_to(other, false)));
     let cloud = cloud_with(&replay, policy(5_000));
-    *cloud.subnet_cidr.lock().unwrap() =
-        parse_cidr("198.18.1.0/24").map(|n| {
-            (
-                "subnet-0123456789abcdef0".to_owned(),
-                SubnetCidrs {
-                    v4: Some(n),
-                    v6: None,
-                },
-            )
-        });
+    *cloud.subnet_cidr.lock().unwrap() = parse_cidr("198.18.1.0/24").map(|n| {
+        (
+            "subnet-0123456789abcdef0".to_owned(),
+            SubnetCidrs {
+                v4: Some(n),
+                v6: None,
+            },
+        )
+    });
     let out = cloud
         .claim(ClaimRequest {
             expected_holder: Some("i-0cccccccccccccccc".parse().unwrap()),
@@ -411,16 +410,15 @@ async fn describe_reads_ipv6_addresses_and_the_associated_ipv6_subnet_block() {
     let cloud = cloud_with(&replay, policy(5_000));
     let info = cloud.describe().await.unwrap();
     assert_eq!(
-        info.ipv6_addresses,
-        vec!["2001:db8:0:1::25".parse::<std::net::Ipv6Addr>().unwrap()],
+        info.ipv6.as_deref(),
+        Some(&crate::cloud::EniIpv6 {
+            addresses: vec!["2001:db8:0:1::25".parse().unwrap()],
+            subnet_cidr: Some(crate::cloud::Ipv6Net {
+                addr: "2001:db8:0:1::".parse().unwrap(),
+                prefix: 64
+            }),
+        }),
         "an address that does not parse is left out"
-    );
-    assert_eq!(
-        info.subnet_ipv6_cidr,
-        Some(crate::cloud::Ipv6Net {
-            addr: "2001:db8:0:1::".parse().unwrap(),
-            prefix: 64
-        })
     );
     assert_eq!(info.subnet_cidr.map(|n| n.prefix), Some(24));
 }

@@ -101,11 +101,16 @@ async fn link_addresses(
         .filter_map(|m| {
             // IPv4 names the address in IFA_LOCAL (IFA_ADDRESS is the peer on point-to-point
             // links); IPv6 only has IFA_ADDRESS.
-            let addr = m.attributes.iter().find_map(|a| match (m.header.family, a) {
-                (AddressFamily::Inet, AddressAttribute::Local(v @ IpAddr::V4(_))) => Some(*v),
-                (AddressFamily::Inet6, AddressAttribute::Address(v @ IpAddr::V6(_))) => Some(*v),
-                _ => None,
-            })?;
+            let addr = m
+                .attributes
+                .iter()
+                .find_map(|a| match (m.header.family, a) {
+                    (AddressFamily::Inet, AddressAttribute::Local(v @ IpAddr::V4(_))) => Some(*v),
+                    (AddressFamily::Inet6, AddressAttribute::Address(v @ IpAddr::V6(_))) => {
+                        Some(*v)
+                    }
+                    _ => None,
+                })?;
             let prefix = m.header.prefix_len;
             Some((AddrSpec { addr, prefix }, m))
         })

@@ -374,6 +374,11 @@ pub(super) enum Knob {
     /// 0: an RA's prefixes neither add a prefix route to the main table nor autoconfigure
     /// addresses on the ENI (the same reason as `IFA_F_NOPREFIXROUTE`, [`super::addr`]).
     AcceptRaPinfo,
+    /// 0: no duplicate address detection on the ENI. The kernel solicits the router's RA only
+    /// once the link-local address passed DAD, a second after the link came up; the VPC assigns
+    /// each MAC (from which that address derives) and each address once, so there is nothing
+    /// to detect, and the IPv6 default route is there a second sooner.
+    AcceptDad,
 }
 
 impl Knob {
@@ -382,6 +387,7 @@ impl Knob {
             Knob::RpFilter => format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"),
             Knob::AcceptRaDefrtr => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra_defrtr"),
             Knob::AcceptRaPinfo => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra_pinfo"),
+            Knob::AcceptDad => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"),
         }
     }
 
@@ -390,12 +396,14 @@ impl Knob {
             Knob::RpFilter => "rp_filter",
             Knob::AcceptRaDefrtr => "accept_ra_defrtr",
             Knob::AcceptRaPinfo => "accept_ra_pinfo",
+            Knob::AcceptDad => "accept_dad",
         }
     }
 }
 
-/// Router advertisements on the ENI: neither a default route nor prefixes into the main table.
-/// Set before the link comes up (the kernel solicits an RA as soon as it is up). Not put back on
+/// Router advertisements on the ENI: neither a default route nor prefixes into the main table,
+/// and the router solicited at once. Set before the link comes up (the kernel solicits an RA as
+/// soon as it is up and its link-local address is usable). Not put back on
 /// removal: the interface leaves with the detach, and a device attached again starts from the
 /// host's defaults.
 pub(super) async fn ensure_ra_settings(
@@ -403,7 +411,7 @@ pub(super) async fn ensure_ra_settings(
     link: &mut LinkState,
 ) -> Result<Vec<String>, NetError> {
     let mut changed = Vec::new();
-    for knob in [Knob::AcceptRaDefrtr, Knob::AcceptRaPinfo] {
+    for knob in [Knob::AcceptRaDefrtr, Knob::AcceptRaPinfo, Knob::AcceptDad] {
         let hint = |e: NetError| {
             NetError::new(
                 e.kind,

@@ -165,7 +165,10 @@ mod tests {
         };
         let mut r6 = r;
         r6.attributes[0] = RuleAttribute::Source(v6.from);
-        assert!(!rule_matches(&r6, &v6), "an IPv4 header is not the IPv6 rule");
+        assert!(
+            !rule_matches(&r6, &v6),
+            "an IPv4 header is not the IPv6 rule"
+        );
         r6.header.family = AddressFamily::Inet6;
         r6.header.src_len = 128;
         assert!(rule_matches(&r6, &v6));
