@@ -1296,9 +1296,10 @@ fn without_router_advertisements_only_the_ipv6_default_route_waits() {
             Some(NetEvent::Changed),
             "the router's arrival"
         );
-        let later = net.reconcile(&plan).await.unwrap().changed;
+        let later = net.reconcile(&plan).await.unwrap();
         drop(ra);
-        (changed, later)
+        assert_eq!(later.router_routes, later.changed, "the router's arrival is not drift");
+        (changed, later.changed)
     });
     assert!(
         !changed.iter().any(|c| c.contains("default via fe80")),

@@ -521,8 +521,12 @@ pub const KEYS: &[KeyDoc] = &[
         kind: ARGV_LIST,
         default: KeyDefault::Value("[]"),
         range: Range::Any,
-        doc: "Run when this node becomes master, e.g. \
-              `[[\"/usr/sbin/nginx\", \"-s\", \"reload\"]]`.",
+        doc: "Run when this node becomes master, once the host network is applied (a service \
+              bound to the ENI's address can start), e.g. \
+              `[[\"/usr/sbin/nginx\", \"-s\", \"reload\"]]`. Every hook gets \
+              `ENIPEER_TRANSITION`, `ENIPEER_NODE`, `ENIPEER_ROLE`, `ENIPEER_REASON`, \
+              `ENIPEER_ENI`, `ENIPEER_INTERFACE`, `ENIPEER_ADDRESSES` and \
+              `ENIPEER_ADDRESSES_V6`.",
     },
     KeyDoc {
         table: "hooks",

@@ -105,8 +105,20 @@ async fn remove(net: &dyn HostNet, plans: &[NetPlan]) -> (Done, Done) {
 async fn reconcile(net: &dyn HostNet, plan: &NetPlan) {
     match net.reconcile(plan).await {
         Ok(report) if !report.changed.is_empty() => {
-            warn!(repaired = ?report.changed, "host network drift repaired");
-            crate::metrics::net_repaired();
+            // The IPv6 default route waits for the router's first advertisement; adding it
+            // then completes the plan and is not drift.
+            let drift: Vec<&String> = report
+                .changed
+                .iter()
+                .filter(|c| !report.router_routes.contains(c))
+                .collect();
+            if !report.router_routes.is_empty() {
+                info!(added = ?report.router_routes, "IPv6 router advertised itself: default route added");
+            }
+            if !drift.is_empty() {
+                warn!(repaired = ?drift, "host network drift repaired");
+                crate::metrics::net_repaired();
+            }
         }
         Ok(_) => debug!("host network config in place"),
         Err(e) => {

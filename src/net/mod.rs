@@ -32,6 +32,9 @@ pub struct ApplyReport {
     /// Human descriptions of what was missing and added (apply, reconcile) or what was removed
     /// (remove); empty when nothing had to change.
     pub changed: Vec<String>,
+    /// Of `changed`, the routes via the IPv6 router that a reconcile added because the router
+    /// has now advertised itself: the plan completing, not drift.
+    pub router_routes: Vec<String>,
     pub steps: Vec<crate::timeline::Step>,
 }
 

@@ -148,7 +148,7 @@ impl NetlinkNet {
         tracing::debug!(mac = %plan.mac, ifindex = link.index, ifname = %link.name, "link found");
         self.seam.link_found(link.index, &link.name);
         let conn = Conn::open(&[])?;
-        let changed = self.ensure(&conn.handle, plan, link).await?;
+        let (changed, _) = self.ensure(&conn.handle, plan, link).await?;
         steps.push(Step::now("net: plan applied"));
         tracing::info!(
             mac = %plan.mac,
@@ -157,7 +157,11 @@ impl NetlinkNet {
             took_ms = found.elapsed().as_secs_f64() * 1000.0,
             "network plan applied"
         );
-        Ok(ApplyReport { changed, steps })
+        Ok(ApplyReport {
+            changed,
+            router_routes: Vec::new(),
+            steps,
+        })
     }
 
     async fn do_reconcile(&self, plan: &NetPlan) -> Result<ApplyReport, NetError> {
@@ -169,24 +173,26 @@ impl NetlinkNet {
                 format!("no link with MAC {} on this host", plan.mac),
             )
         })?;
-        let changed = self.ensure(&conn.handle, plan, link).await?;
+        let (changed, router_routes) = self.ensure(&conn.handle, plan, link).await?;
         if !changed.is_empty() {
             tracing::debug!(mac = %plan.mac, missing = ?changed, "drift repaired");
         }
         Ok(ApplyReport {
             steps: vec![Step::now("net: reconciled")],
             changed,
+            router_routes,
         })
     }
 
-    /// Makes the plan true on `link`, returning what was missing. Each part is checked first and
-    /// only added when absent, so a plan already in place produces no netlink change at all.
+    /// Makes the plan true on `link`, returning what was missing, and of that the routes via
+    /// the IPv6 router. Each part is checked first and only added when absent, so a plan
+    /// already in place produces no netlink change at all.
     async fn ensure(
         &self,
         handle: &Handle,
         plan: &NetPlan,
         mut link: LinkState,
-    ) -> Result<Vec<String>, NetError> {
+    ) -> Result<(Vec<String>, Vec<String>), NetError> {
         let mut changed = self.ensure_link(handle, plan, &mut link).await?;
         let legacy = self.seam.legacy();
         changed.extend(addr::ensure_addresses(handle, &link, &plan.addresses, legacy).await?);
@@ -196,9 +202,10 @@ impl NetlinkNet {
             changed.extend(route::remove_prefix_routes(handle, &link, &plan.addresses).await?);
         }
         // Routes after addresses: the kernel only accepts a `src` that is a local address.
-        changed.extend(route::ensure_routes(handle, link.index, plan.table, &plan.routes).await?);
+        let routes = route::ensure_routes(handle, link.index, plan.table, &plan.routes).await?;
+        changed.extend(routes.added);
         changed.extend(rule::ensure_rules(handle, &plan.rules).await?);
-        Ok(changed)
+        Ok((changed, routes.via_router))
     }
 
     /// The link's settings, remembering what they were before enipeer first changed them.
@@ -256,6 +263,7 @@ impl NetlinkNet {
         }
         tracing::info!(mac = %plan.mac, removed = td.removed.len(), link_present = oif.is_some(), "network plan removed");
         Ok(ApplyReport {
+            router_routes: Vec::new(),
             changed: td.removed,
             steps: vec![Step::now("net: plan removed")],
         })

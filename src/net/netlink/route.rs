@@ -72,6 +72,14 @@ pub(super) async fn remove_prefix_routes(
     Ok(changed)
 }
 
+/// What [`ensure_routes`] added.
+#[derive(Debug, Default)]
+pub(super) struct Added {
+    pub added: Vec<String>,
+    /// Of `added`, the routes via the IPv6 router.
+    pub via_router: Vec<String>,
+}
+
 /// Adds the routes of `table` that are missing on link `oif`; returns what it added. The
 /// subnet route comes before the default in the plan, so the gateway resolves inside the table.
 /// A route via the IPv6 router waits (is left out, quietly) until the router is known.
@@ -80,13 +88,13 @@ pub(super) async fn ensure_routes(
     oif: u32,
     table: u32,
     specs: &[RouteSpec],
-) -> Result<Vec<String>, NetError> {
+) -> Result<Added, NetError> {
     let routes = table_routes(handle, table).await?;
     let router = match specs.iter().any(|s| s.via == Via::Router) {
         true => ipv6_router(handle, oif).await?,
         false => None,
     };
-    let mut changed = Vec::new();
+    let mut out = Added::default();
     for spec in specs {
         let spec = match (spec.via, router) {
             (Via::Router, None) => {
@@ -111,9 +119,13 @@ pub(super) async fn ensure_routes(
         req.execute()
             .await
             .map_err(|e| nl_error(&format!("add route {spec}"), e))?;
-        changed.push(format!("route {spec}"));
+        let what = format!("route {spec}");
+        if matches!(spec.via, Via::Gateway(IpAddr::V6(gw)) if Some(gw) == router) {
+            out.via_router.push(what.clone());
+        }
+        out.added.push(what);
     }
-    Ok(changed)
+    Ok(out)
 }
 
 /// The IPv6 router on link `oif` as the kernel learned it from router advertisements: the
