@@ -376,3 +376,43 @@ async fn claim_cost_against_moto() {
         "with instant transitions a claim is 5 requests"
     );
 }
+
+/// A dual-stack ENI: its IPv6 address from DescribeNetworkInterfaces and the subnet's IPv6 CIDR
+/// from DescribeSubnets. Through the cloud front, which writes the CIDR block's state the way
+/// EC2 does; straight from moto (which writes it as a Python dict) the block's state is not
+/// `associated`, so the CIDR is not used: the lab's fix is what makes the figure faithful.
+#[tokio::test]
+async fn describe_reports_ipv6_addresses_and_the_subnet_ipv6_cidr() {
+    let moto = Moto::start();
+    let ec2 = sdk_client(&moto.endpoint_url()).await;
+    let eni6: std::net::Ipv6Addr = "2001:db8:0:1::25".parse().unwrap();
+    let lab = seed_in(
+        &ec2,
+        "198.18.1.0/24",
+        ENI_IP,
+        ENI_SECONDARY_IP,
+        Some(("2001:db8:0:1::/64", eni6)),
+    )
+    .await;
+    let front = CloudFront::start("127.0.0.1:0".parse().unwrap(), moto.addr)
+        .await
+        .unwrap();
+    let a = cloud(&front.endpoint_url(), &lab, &lab.a).await;
+    let info = a.describe().await.unwrap();
+    let v6 = info.ipv6.expect("IPv6 side");
+    assert_eq!(v6.addresses, vec![eni6]);
+    let net = v6.subnet_cidr.expect("subnet IPv6 CIDR through the front");
+    assert_eq!(
+        (net.addr.to_string(), net.prefix),
+        ("2001:db8:0:1::".into(), 64)
+    );
+
+    let raw = cloud(&moto.endpoint_url(), &lab, &lab.a).await;
+    let info = raw.describe().await.unwrap();
+    let v6 = info.ipv6.expect("IPv6 side");
+    assert_eq!(v6.addresses, vec![eni6]);
+    assert_eq!(
+        v6.subnet_cidr, None,
+        "moto's own answer has no usable state"
+    );
+}

@@ -1298,7 +1298,10 @@ fn without_router_advertisements_only_the_ipv6_default_route_waits() {
         );
         let later = net.reconcile(&plan).await.unwrap();
         drop(ra);
-        assert_eq!(later.router_routes, later.changed, "the router's arrival is not drift");
+        assert_eq!(
+            later.router_routes, later.changed,
+            "the router's arrival is not drift"
+        );
         (changed, later.changed)
     });
     assert!(
