@@ -81,8 +81,9 @@ fn settings(link_timeout: Duration) -> NetworkSettings {
     }
 }
 
-fn plan() -> NetPlan {
-    let info = EniInfo {
+/// The ENI of most tests: 198.18.1.25 (primary) and .26 in 198.18.1.0/24.
+fn eni_info() -> EniInfo {
+    EniInfo {
         eni_id: "eni-0123456789abcdef0".parse().unwrap(),
         status: "in-use".into(),
         attachment: None,
@@ -95,8 +96,11 @@ fn plan() -> NetPlan {
             prefix: 24,
         }),
         availability_zone: None,
-    };
-    NetPlan::build(&info, &settings(Duration::from_secs(5)))
+    }
+}
+
+fn plan() -> NetPlan {
+    NetPlan::build(&eni_info(), &settings(Duration::from_secs(5)))
 }
 
 /// A veth pair in `ns`: `nic0` with the ENI's MAC (down, like a fresh hot-plugged NIC) and its
@@ -1023,26 +1027,14 @@ fn a_removal_that_fails_once_leaves_only_what_failed_and_the_retry_cleans_it() {
 
 /// The dual-stack ENI: the usual IPv4 plan plus 2001:db8:0:1::25 in 2001:db8:0:1::/64.
 fn dual_stack_plan() -> NetPlan {
-    let info = EniInfo {
-        eni_id: "eni-0123456789abcdef0".parse().unwrap(),
-        status: "in-use".into(),
-        attachment: None,
-        mac: MAC.into(),
-        primary_ip: ip4("198.18.1.25"),
-        secondary_ips: vec![ip4("198.18.1.26")],
-        ipv6: Some(Box::new(EniIpv6 {
-            addresses: vec!["2001:db8:0:1::25".parse().unwrap()],
-            subnet_cidr: Some(Ipv6Net {
-                addr: "2001:db8:0:1::".parse().unwrap(),
-                prefix: 64,
-            }),
-        })),
-        subnet_cidr: Some(Ipv4Net {
-            addr: ip4("198.18.1.0"),
-            prefix: 24,
+    let mut info = eni_info();
+    info.ipv6 = Some(Box::new(EniIpv6 {
+        addresses: vec!["2001:db8:0:1::25".parse().unwrap()],
+        subnet_cidr: Some(Ipv6Net {
+            addr: "2001:db8:0:1::".parse().unwrap(),
+            prefix: 64,
         }),
-        availability_zone: None,
-    };
+    }));
     NetPlan::build(&info, &settings(Duration::from_secs(5)))
 }
 

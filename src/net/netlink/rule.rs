@@ -22,23 +22,15 @@ pub(super) async fn ensure_rules(
         if rules.iter().any(|r| rule_matches(r, spec)) {
             continue;
         }
+        let req = handle
+            .rule()
+            .add()
+            .table_id(spec.table)
+            .priority(spec.priority)
+            .action(RuleAction::ToTable);
         let res = match spec.from {
-            IpAddr::V4(from) => {
-                let req = handle.rule().add().v4().source_prefix(from, 32);
-                req.table_id(spec.table)
-                    .priority(spec.priority)
-                    .action(RuleAction::ToTable)
-                    .execute()
-                    .await
-            }
-            IpAddr::V6(from) => {
-                let req = handle.rule().add().v6().source_prefix(from, 128);
-                req.table_id(spec.table)
-                    .priority(spec.priority)
-                    .action(RuleAction::ToTable)
-                    .execute()
-                    .await
-            }
+            IpAddr::V4(from) => req.v4().source_prefix(from, 32).execute().await,
+            IpAddr::V6(from) => req.v6().source_prefix(from, 128).execute().await,
         };
         if added(res).map_err(|e| nl_error(&format!("add rule {spec}"), e))? {
             changed.push(format!("rule {spec}"));

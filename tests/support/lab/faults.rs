@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::{ip, sh, Lab, Side, NS_RT};
+use super::{ip, sh, Lab, Side};
 
 /// The table the heartbeat injectors use: [`Lab::heal_partition`] (and so `reset`) removes it.
 const PART_TABLE: &str = "enpl_part";
@@ -32,17 +32,7 @@ impl Lab {
         let rules = format!(
             "table bridge {PART_TABLE} {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    udp dport 7460 numgen random mod 100 < {percent} drop\n  }}\n}}\n"
         );
-        let f = self.dir.join("loss.nft");
-        std::fs::write(&f, rules).expect("nft file");
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            NS_RT,
-            "nft",
-            "-f",
-            f.to_str().expect("utf-8"),
-        ]);
+        super::load_nft(&self.dir, "loss.nft", &rules);
     }
 
     /// Writes the agent config of `side` with its own heartbeat key (64 hex digits) instead of
