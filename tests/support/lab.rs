@@ -844,7 +844,7 @@ impl Lab {
     /// stays reachable. The cheap split-brain injector.
     pub fn partition_heartbeats(&self) {
         let rules = "table bridge enpl_part {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    udp dport 7460 drop\n  }\n}\n";
-        load_nft(&self.dir, "partition.nft", &rules);
+        load_nft(&self.dir, "partition.nft", rules);
     }
 
     pub fn heal_partition(&self) {
@@ -1192,7 +1192,7 @@ fn ipv6_topology(dir: &Path) {
         );
     }
     let nft = "table ip6 enpl_srccheck6 {\n  chain pre {\n    type filter hook prerouting priority 0; policy accept;\n    fib saddr . iif oif missing counter drop\n  }\n}\n";
-    load_nft(&dir, "srccheck6.nft", &nft);
+    load_nft(dir, "srccheck6.nft", nft);
 }
 
 /// An instance's (or the cloud's) eth0 on br-mgmt. In the shared layout as Ubuntu's netplan
@@ -1270,7 +1270,7 @@ fn source_check_per_port(dir: &Path, layout: Layout) {
         ));
     }
     nft.push_str("  }\n}\n");
-    load_nft(&dir, "srccheck.nft", &nft);
+    load_nft(dir, "srccheck.nft", &nft);
 }
 
 /// Forwarding, AWS's source/destination check, and the EIP's NAT in the router.
@@ -1294,7 +1294,7 @@ fn router_rules(dir: &Path, layout: Layout) {
     let nft = format!(
         "table ip enpl_eip {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {EIP} dnat to {eni_ip}\n  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {eni_ip} oifname \"rt-cli\" snat to {EIP}\n  }}\n}}\n"
     );
-    load_nft(&dir, "eip.nft", &nft);
+    load_nft(dir, "eip.nft", &nft);
 }
 
 /// Writes `rules` to `file` in the lab's directory `dir` and loads them into the router's
