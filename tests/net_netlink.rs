@@ -1310,3 +1310,52 @@ fn without_router_advertisements_only_the_ipv6_default_route_waits() {
         vec!["10001 from 2001:db8:0:1::25/128"]
     );
 }
+
+/// With `network.repair = false` the daemon asks only for the routes via the IPv6 router: they
+/// are added once the router advertises itself, and drift elsewhere is left as it is.
+#[test]
+fn adding_router_routes_repairs_nothing_else() {
+    if !is_root() {
+        return;
+    }
+    let (host, router) = dual_stack_pair();
+    host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        net.apply(&dual_stack_plan()).await.unwrap();
+    });
+    // Drift: the IPv4 primary's rule deleted by hand.
+    host.ip(&["rule", "del", "from", "198.18.1.25", "lookup", "10001"]);
+    let before = host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        net.add_router_routes(&dual_stack_plan()).await.unwrap()
+    });
+    assert!(
+        before.changed.is_empty(),
+        "no router yet: {:?}",
+        before.changed
+    );
+    let _ra = ra::Advertiser::start(router.name(), "wire0", ra::AWS_ROUTER);
+    let name = host.name().to_owned();
+    let added = host.block_on(move || async move {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = net.add_router_routes(&dual_stack_plan()).await.unwrap();
+            if !r.changed.is_empty() || Instant::now() > deadline {
+                return r;
+            }
+            assert!(netns::exists(&name));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(
+        added.router_routes,
+        vec!["route default via fe80::1ff:fe23:4567:890a src 2001:db8:0:1::25 table 10001"]
+    );
+    assert_eq!(added.changed, added.router_routes);
+    assert_eq!(
+        table_rules(&host, "10001"),
+        vec!["10001 from 198.18.1.26/32 lookup 10001"],
+        "the deleted rule stays deleted"
+    );
+}

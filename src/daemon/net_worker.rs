@@ -19,6 +19,9 @@ pub(super) enum NetJob {
     Remove(Vec<NetPlan>),
     /// Repair drift; only while master and with `network.repair` on. Not news for the core.
     Reconcile(NetPlan),
+    /// With `network.repair` off: only add the routes via the IPv6 router, which wait for its
+    /// advertisement. Not news for the core.
+    RouterRoutes(NetPlan),
     /// Remove again what an earlier removal left behind. Not news for the core: only the
     /// [`Done::Leftovers`] comes back.
     Cleanup(Vec<NetPlan>),
@@ -42,6 +45,18 @@ pub(super) async fn run(
             }
             NetJob::Reconcile(plan) => {
                 reconcile(&*net, &plan).await;
+                continue;
+            }
+            NetJob::RouterRoutes(plan) => {
+                match net.add_router_routes(&plan).await {
+                    Ok(r) if !r.router_routes.is_empty() => {
+                        info!(added = ?r.router_routes, "IPv6 router advertised itself: default route added");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, kind = e.kind(), "adding the IPv6 default route failed")
+                    }
+                }
                 continue;
             }
             NetJob::Cleanup(plans) => remove(&*net, &plans).await.1,

@@ -163,6 +163,10 @@ impl Daemon {
             return;
         }
         if !self.settings.network.repair {
+            // No repair, but the IPv6 default route may still be waiting for the router.
+            if let Some(plan) = self.applied.clone().filter(|p| p.has_ipv6()) {
+                let _ = self.net_tx.send(NetJob::RouterRoutes(plan));
+            }
             return;
         }
         self.with_plan(PlanUse::Reconcile).await;

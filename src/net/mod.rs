@@ -67,6 +67,16 @@ pub trait HostNet: Send + Sync {
     /// Restore whatever part of the plan is missing, without waiting for the link (`link-gone`
     /// when it is not there). `changed` lists what was missing.
     fn reconcile<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>>;
+    /// Add the plan's routes via the IPv6 router once the router is known, and nothing else:
+    /// what a host with `network.repair = false` still needs when the router advertises itself
+    /// after the apply. `router_routes` lists what was added.
+    fn add_router_routes<'a>(
+        &'a self,
+        plan: &'a NetPlan,
+    ) -> BoxFuture<'a, Result<ApplyReport, NetError>> {
+        let _ = plan;
+        Box::pin(async { Ok(ApplyReport::default()) })
+    }
     /// Remove exactly what the plan added. A link that is already gone is success; every step is
     /// attempted and all failures are reported together (`teardown`, with a [`TeardownError`]
     /// listing each failed object).

@@ -184,6 +184,29 @@ impl NetlinkNet {
         })
     }
 
+    async fn do_add_router_routes(&self, plan: &NetPlan) -> Result<ApplyReport, NetError> {
+        let mac = parse_mac(&plan.mac)?;
+        let conn = Conn::open(&[])?;
+        let link = link::find_link(&conn.handle, mac).await?.ok_or_else(|| {
+            NetError::new(
+                NetErrorKind::LinkGone,
+                format!("no link with MAC {} on this host", plan.mac),
+            )
+        })?;
+        let specs: Vec<_> = plan
+            .routes
+            .iter()
+            .filter(|r| r.via == crate::net::plan::Via::Router)
+            .copied()
+            .collect();
+        let routes = route::ensure_routes(&conn.handle, link.index, plan.table, &specs).await?;
+        Ok(ApplyReport {
+            steps: vec![Step::now("net: router routes")],
+            changed: routes.added,
+            router_routes: routes.via_router,
+        })
+    }
+
     /// Makes the plan true on `link`, returning what was missing, and of that the routes via
     /// the IPv6 router. Each part is checked first and only added when absent, so a plan
     /// already in place produces no netlink change at all.
@@ -333,6 +356,13 @@ impl HostNet for NetlinkNet {
 
     fn remove<'a>(&'a self, plan: &'a NetPlan) -> BoxFuture<'a, Result<ApplyReport, NetError>> {
         Box::pin(self.do_remove(plan))
+    }
+
+    fn add_router_routes<'a>(
+        &'a self,
+        plan: &'a NetPlan,
+    ) -> BoxFuture<'a, Result<ApplyReport, NetError>> {
+        Box::pin(self.do_add_router_routes(plan))
     }
 
     fn watch<'a>(
