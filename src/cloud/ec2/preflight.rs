@@ -88,8 +88,11 @@ pub async fn preflight(settings: &Settings) -> Vec<PreflightCheck> {
             checks.push(PreflightCheck::pass(
                 "eni exists",
                 format!(
-                    "{eni}: {} {} mac {}",
-                    info.status, info.primary_ip, info.mac
+                    "{eni}: {} {}{} mac {}",
+                    info.status,
+                    info.primary_ip,
+                    ipv6_summary(&info),
+                    info.mac
                 ),
             ));
             checks.extend(placement_checks(&cloud, &info));
@@ -249,4 +252,12 @@ pub fn preflight_command(settings: &Settings) -> i32 {
     } else {
         crate::exit::FAILURE
     }
+}
+
+/// The ENI's IPv6 addresses for the preflight line (` + 2001:db8::25`), nothing when it has none.
+fn ipv6_summary(info: &EniInfo) -> String {
+    let Some(v6) = info.ipv6.as_deref() else {
+        return String::new();
+    };
+    v6.addresses.iter().map(|a| format!(" + {a}")).collect()
 }
