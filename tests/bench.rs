@@ -11,8 +11,9 @@
 //! (RSS, PSS, CPU over 60 s), and writes the chart `docs/bench.svg` (`BENCH_CHART` elsewhere)
 //! and the table as `docs/bench.md`.
 //!
-//! N is 10 for instant and 5 for aws-like; `BENCH_QUICK=1` runs 2 each and idles 10 s. A
-//! benchmark, not a test: `#[ignore]`d, run by `make bench` (root), not by CI.
+//! N is 10 for instant and 5 for aws-like; `BENCH_QUICK=1` runs 2 each and idles 10 s
+//! (`BENCH_IDLE_SECS` sets the idle window, 1 to 600 s). A benchmark, not a test: `#[ignore]`d,
+//! run by `make bench` (root), not by CI.
 
 #[path = "support/keepalived.rs"]
 mod keepalived;
@@ -349,7 +350,12 @@ fn bench() {
     let began = Instant::now();
     let env = environment();
     println!("{env}");
-    let window = secs(if quick() { 10.0 } else { 60.0 });
+    let window = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| (1.0..=600.0).contains(s))
+        .map(secs)
+        .unwrap_or(secs(if quick() { 10.0 } else { 60.0 }));
     let (mut all, mut idle_cost) = (Vec::new(), Vec::new());
     for profile in [Profile::Instant, Profile::AwsLike] {
         let mut lab = Lab::up(profile, support::lab::agent_bin());
