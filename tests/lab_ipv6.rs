@@ -10,9 +10,12 @@
 //!   thawed, removes its IPv6 rule (the routes left with the link); then `enipeer yield` on
 //!   node-b hands the ENI back, node-a serves over IPv6 again and node-b has no IPv6 rule or
 //!   route left.
-//! - Negative control: the same failover with node-b running the daemon's IPv4-only seam
-//!   (`ENIPEER_TEST_IPV4_ONLY`, debug builds only: the host side as before IPv6 support). node-b
-//!   serves through the EIP but never over IPv6.
+//! - Negative control: the same failover with node-b running the daemon's seam that leaves the
+//!   IPv6 policy rules and routes out of the plan (`ENIPEER_TEST_IPV6_UNROUTED`, debug builds
+//!   only; the addresses stay). node-b serves through the EIP but never over IPv6: its replies
+//!   from the ENI's IPv6 address follow the main table out of the primary interface and the
+//!   router's source/destination check drops them (its counter rises; in the first test it
+//!   stays at 0).
 //!
 //! Needs root; without it each test says so and passes as skipped. Its own test binary (the
 //! lab's namespaces have fixed names); the tests here take turns.
@@ -121,6 +124,7 @@ fn lab_ipv6_client_is_served_after_failover_and_nothing_ipv6_is_left_behind() {
             .any(|r| r.starts_with("2001:db8:0:1::/64 dev ")),
         "{routes:?}"
     );
+    assert_eq!(lab.ipv6_source_check_drops(), 0, "nothing left a wrong NIC");
 
     // node-a comes back: it lost the ENI (force-detached) and must drop its IPv6 rule too.
     lab.thaw(A);
@@ -152,10 +156,11 @@ fn lab_ipv6_client_is_served_after_failover_and_nothing_ipv6_is_left_behind() {
     );
 }
 
-/// Negative control: node-b configures only IPv4 (the seam), so after the failover the client
-/// is served through the EIP but not over IPv6.
+/// Negative control: node-b adds the ENI's IPv6 address but not its policy rule and routes (the
+/// seam), so after the failover the client is served through the EIP but not over IPv6, and the
+/// router's source check is what drops node-b's replies.
 #[test]
-fn lab_ipv6_client_is_not_served_by_a_host_side_that_ignores_ipv6() {
+fn lab_ipv6_client_is_not_served_without_ipv6_policy_routing() {
     if support::lab::unavailable() {
         return;
     }
@@ -173,7 +178,7 @@ fn lab_ipv6_client_is_not_served_by_a_host_side_that_ignores_ipv6() {
         l.role_name(A) == "master" && l.serving(A)
     });
     lab.agent_env
-        .push(("ENIPEER_TEST_IPV4_ONLY".into(), "1".into()));
+        .push(("ENIPEER_TEST_IPV6_UNROUTED".into(), "1".into()));
     lab.start_agent(B);
     lab.agent_env.clear();
     lab.wait_for("node-b backup", Duration::from_secs(20), |l| {
@@ -181,12 +186,19 @@ fn lab_ipv6_client_is_not_served_by_a_host_side_that_ignores_ipv6() {
             .is_some_and(|r| r.role == "backup" && r.peers[0].alive)
     });
     assert!(served6_within(&lab, A, Duration::from_secs(10)).is_some());
+    let before = lab.ipv6_source_check_drops();
     let (v4, v6) = fail_over_to_b(&mut lab);
     assert!(
         v4.is_some(),
         "node-b serves through the EIP: {}",
         logs(&lab)
     );
-    assert_eq!(v6, None, "no IPv6 service without the IPv6 host side");
+    assert_eq!(v6, None, "no IPv6 service without IPv6 policy routing");
     assert_eq!(lab.eni_ipv6_state(B), (vec![], vec![]));
+    let drops = lab.ipv6_source_check_drops() - before;
+    eprintln!("the router's IPv6 source check dropped {drops} packets from node-b");
+    assert!(
+        drops > 0,
+        "the router's source check dropped node-b's replies"
+    );
 }

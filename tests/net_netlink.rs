@@ -1359,3 +1359,130 @@ fn adding_router_routes_repairs_nothing_else() {
         "the deleted rule stays deleted"
     );
 }
+
+/// On a host with IPv6 turned off (this namespace: `disable_ipv6 = 1`) a dual-stack plan still
+/// configures IPv4 whole; the IPv6 failure is reported beside the result, with what to check,
+/// and the removal has nothing to fail on.
+#[test]
+fn an_ipv6_failure_leaves_ipv4_configured_and_says_what_to_check() {
+    if !is_root() {
+        return;
+    }
+    let ns = new_ns();
+    add_nic(&ns);
+    let (applied, removed) = ns.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let applied = net.apply(&dual_stack_plan()).await;
+        let removed = net.remove(&dual_stack_plan()).await;
+        (applied, removed)
+    });
+    let applied = applied.expect("the apply succeeds with IPv4");
+    let e = applied.ipv6_error.expect("the IPv6 part failed");
+    assert!(e.contains("2001:db8:0:1::25"), "{e}");
+    assert!(e.contains("disable_ipv6"), "says what to check: {e}");
+    assert!(
+        applied
+            .changed
+            .iter()
+            .any(|c| c.contains("rule from 198.18.1.25")),
+        "{:?}",
+        applied.changed
+    );
+    let removed = removed.expect("the removal succeeds");
+    assert!(!removed.changed.is_empty());
+    assert!(table_rules(&ns, "10001").is_empty());
+}
+
+/// The route via the router counts as its arrival once; deleted by hand afterwards and put back
+/// by a reconcile, it is drift.
+#[test]
+fn a_deleted_ipv6_default_route_is_drift_not_the_router() {
+    if !is_root() {
+        return;
+    }
+    let (host, router) = dual_stack_pair();
+    let _ra = ra::Advertiser::start(router.name(), "wire0", ra::AWS_ROUTER);
+    let name = host.name().to_owned();
+    let repaired = host.block_on(move || async move {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let plan = dual_stack_plan();
+        net.apply(&plan).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let has_default = || {
+            sh(&["ip", "-n", &name, "-6", "route", "show", "table", "10001"]).contains("default")
+        };
+        while !has_default() {
+            assert!(Instant::now() < deadline, "no router within 10 s");
+            net.reconcile(&plan).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sh(&[
+            "ip", "-n", &name, "-6", "route", "del", "default", "table", "10001",
+        ]);
+        net.reconcile(&plan).await.unwrap()
+    });
+    assert_eq!(
+        repaired.changed,
+        vec!["route default via fe80::1ff:fe23:4567:890a src 2001:db8:0:1::25 table 10001"]
+    );
+    assert!(
+        repaired.router_routes.is_empty(),
+        "{:?}",
+        repaired.router_routes
+    );
+}
+
+/// A link something else brought up before enipeer, with the kernel's defaults, has learned
+/// a default route and the prefix from the router's advertisements into the main table, and an
+/// address by SLAAC: the apply takes them out.
+#[test]
+fn what_the_kernel_learned_before_the_apply_is_taken_out_of_main() {
+    if !is_root() {
+        return;
+    }
+    let (host, router) = dual_stack_pair();
+    host.ip(&["link", "set", "nic0", "up"]);
+    let _ra = ra::Advertiser::start(router.name(), "wire0", ra::AWS_ROUTER);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !v6_main_routes_on(&host, "nic0").contains(&"default".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel learned no default route"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let learned = v6_main_routes_on(&host, "nic0");
+    assert!(
+        learned.contains(&"2001:db8:0:1::/64".to_owned()),
+        "{learned:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while v6_addrs(&host, "nic0").is_empty() {
+        assert!(Instant::now() < deadline, "no SLAAC address");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // No rename: renaming takes the link down, and the kernel drops what it learned then.
+    let changed = host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        let mut plan = dual_stack_plan();
+        plan.rename_to = None;
+        net.apply(&plan).await.unwrap().changed
+    });
+    assert!(
+        changed
+            .iter()
+            .any(|c| c.starts_with("router-advertised route default")),
+        "{changed:?}"
+    );
+    assert!(
+        changed
+            .iter()
+            .any(|c| c.starts_with("autoconfigured address")),
+        "{changed:?}"
+    );
+    assert_eq!(v6_main_routes_on(&host, "nic0"), Vec::<String>::new());
+    assert_eq!(
+        v6_addrs(&host, "nic0"),
+        vec!["2001:db8:0:1::25/64 nodad,noprefixroute"]
+    );
+}

@@ -73,6 +73,7 @@ async fn apply(net: &dyn HostNet, plan: &NetPlan) -> Done {
             if !report.changed.is_empty() {
                 info!(changes = ?report.changed, "host network configured");
             }
+            warn_ipv6(&report);
             Done::Net {
                 event: Event::NetApplied(Ok(())),
                 steps: report.steps,
@@ -117,8 +118,19 @@ async fn remove(net: &dyn HostNet, plans: &[NetPlan]) -> (Done, Done) {
     (net, left)
 }
 
+/// The IPv4 part is in place and served; the IPv6 part is retried on the next reconcile.
+fn warn_ipv6(report: &crate::net::ApplyReport) {
+    if let Some(e) = &report.ipv6_error {
+        warn!(error = %e, "the IPv6 part of the host network config failed; IPv4 is served, IPv6 is retried on each reconcile (network.reconcile-interval)");
+    }
+}
+
 async fn reconcile(net: &dyn HostNet, plan: &NetPlan) {
-    match net.reconcile(plan).await {
+    let result = net.reconcile(plan).await;
+    if let Ok(report) = &result {
+        warn_ipv6(report);
+    }
+    match result {
         Ok(report) if !report.changed.is_empty() => {
             // The IPv6 default route waits for the router's first advertisement; adding it
             // then completes the plan and is not drift.

@@ -97,11 +97,7 @@ impl Daemon {
         let _ = self.net_tx.send(NetJob::Remove(plans));
     }
 
-    pub(super) fn remember_eni(&mut self, mut info: EniInfo) {
-        if ipv4_only_seam() {
-            // The negative control of the IPv6 lab test: the host side as it was before IPv6.
-            info.ipv6 = None;
-        }
+    pub(super) fn remember_eni(&mut self, info: EniInfo) {
         if !self.coexistence_checked && self.settings.testing.is_none() {
             self.coexistence_checked = true;
             for w in crate::net::coexistence_warnings(&info.mac) {
@@ -116,9 +112,16 @@ impl Daemon {
 
     /// The host network plan, if the ENI's description is known.
     fn plan(&self) -> Option<NetPlan> {
-        self.eni
-            .as_ref()
-            .map(|info| NetPlan::build(info, &self.settings.network))
+        self.eni.as_ref().map(|info| {
+            let mut plan = NetPlan::build(info, &self.settings.network);
+            if ipv6_unrouted_seam() {
+                // The negative control of the IPv6 lab test: the addresses without their rules
+                // and routes.
+                plan.rules.retain(|r| r.from.is_ipv4());
+                plan.routes.retain(|r| r.dst.is_ipv4());
+            }
+            plan
+        })
     }
 
     /// Watches the ENI's link while master: a vanished link is news for the core, a change to
@@ -200,8 +203,9 @@ impl Daemon {
     }
 }
 
-/// `ENIPEER_TEST_IPV4_ONLY=1` makes the daemon ignore the ENI's IPv6 addresses, as releases
-/// before IPv6 support did; only debug builds read it, so a release binary never does.
-fn ipv4_only_seam() -> bool {
-    cfg!(debug_assertions) && std::env::var_os("ENIPEER_TEST_IPV4_ONLY").is_some_and(|v| v == "1")
+/// `ENIPEER_TEST_IPV6_UNROUTED=1` leaves the IPv6 policy rules and routes out of the plan (the
+/// addresses stay); only debug builds read it, so a release binary never does.
+fn ipv6_unrouted_seam() -> bool {
+    cfg!(debug_assertions)
+        && std::env::var_os("ENIPEER_TEST_IPV6_UNROUTED").is_some_and(|v| v == "1")
 }

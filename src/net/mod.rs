@@ -35,6 +35,9 @@ pub struct ApplyReport {
     /// Of `changed`, the routes via the IPv6 router that a reconcile added because the router
     /// has now advertised itself: the plan completing, not drift.
     pub router_routes: Vec<String>,
+    /// The IPv6 part of the plan could not be applied (the IPv4 part is in place); retried on
+    /// the next reconcile.
+    pub ipv6_error: Option<String>,
     pub steps: Vec<crate::timeline::Step>,
 }
 

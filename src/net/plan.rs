@@ -130,6 +130,40 @@ impl NetPlan {
             IpAddr::V4(_) => None,
         })
     }
+
+    /// The addresses, rules and routes of one address family (IPv6 when `ipv6`): the netlink
+    /// adapter applies IPv4 first and whole, so that an IPv6 failure never keeps IPv4 from
+    /// being served.
+    pub fn family(&self, ipv6: bool) -> Family {
+        Family {
+            addresses: self
+                .addresses
+                .iter()
+                .filter(|a| a.addr.is_ipv6() == ipv6)
+                .copied()
+                .collect(),
+            rules: self
+                .rules
+                .iter()
+                .filter(|r| r.from.is_ipv6() == ipv6)
+                .copied()
+                .collect(),
+            routes: self
+                .routes
+                .iter()
+                .filter(|r| r.dst.is_ipv6() == ipv6)
+                .copied()
+                .collect(),
+        }
+    }
+}
+
+/// One address family's part of a [`NetPlan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Family {
+    pub addresses: Vec<AddrSpec>,
+    pub rules: Vec<RuleSpec>,
+    pub routes: Vec<RouteSpec>,
 }
 
 fn ipv4_addresses(info: &EniInfo) -> Vec<AddrSpec> {
@@ -419,6 +453,11 @@ mod tests {
             ]
         );
         assert!(plan.has_ipv6());
+        let (v4, v6) = (plan.family(false), plan.family(true));
+        assert_eq!(v4.addresses, plan.addresses[..1]);
+        assert_eq!(v6.addresses, plan.addresses[1..]);
+        assert_eq!(v4.rules.len() + v6.rules.len(), plan.rules.len());
+        assert_eq!(v6.routes, plan.routes[2..]);
         assert_eq!(plan.primary(), Some(ip("198.18.1.25")));
         assert_eq!(plan.gateway(), Some(ip("198.18.1.1")));
         let shown: Vec<String> = plan.routes.iter().map(ToString::to_string).collect();

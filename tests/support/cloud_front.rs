@@ -961,8 +961,6 @@ fn notify(shared: &Shared, change: Change) {
     }
 }
 
-/// Rewrites moto's DescribeNetworkInterfaces answer with the front's transitional states and
-/// DeleteOnTermination values.
 /// moto writes a subnet's IPv6 CIDR block state as a Python dict
 /// (`<state>{'State': 'associated'}</state>`); EC2 writes the word (`<state>associated</state>`),
 /// which is what a client parses.
@@ -988,6 +986,8 @@ fn fix_cidr_block_states(mut resp: Response) -> Response {
     resp
 }
 
+/// Rewrites moto's DescribeNetworkInterfaces answer with the front's transitional states and
+/// DeleteOnTermination values.
 fn overlay_describe(shared: &Shared, resp: Response) -> Response {
     if resp.status != 200 {
         return resp;

@@ -993,16 +993,44 @@ impl Lab {
             .filter(|l| l.contains(&format!("from {ENI_IP6} ")))
             .map(str::to_owned)
             .collect();
-        // `ip` fails on a table that never held an IPv6 route: that is an empty table.
-        let routes = Command::new("ip")
+        // `ip` fails on a table that never held an IPv6 route: that, and only that, is an
+        // empty table.
+        let out = Command::new("ip")
             .args(["-n", side.ns(), "-6", "route", "show", "table", "10001"])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+            .expect("run ip");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("FIB table does not exist"),
+            "ip -6 route show table 10001 in {}: {stderr}",
+            side.ns()
+        );
+        let routes = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)
             .collect();
         (rules, routes)
+    }
+
+    /// IPv6 packets the router's source/destination check dropped so far (an ENI address that
+    /// arrived over the wrong NIC; `::` and link-local sources are not counted).
+    pub fn ipv6_source_check_drops(&self) -> u64 {
+        let out = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            NS_RT,
+            "nft",
+            "list",
+            "table",
+            "ip6",
+            "enpl_srccheck6",
+        ]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("the source check's counter")
     }
 
     /// True once the node answers through the EIP.
@@ -1191,7 +1219,7 @@ fn ipv6_topology(dir: &Path) {
             &["-6", "route", "add", "default", "via", "2001:db8::1"],
         );
     }
-    let nft = "table ip6 enpl_srccheck6 {\n  chain pre {\n    type filter hook prerouting priority 0; policy accept;\n    fib saddr . iif oif missing counter drop\n  }\n}\n";
+    let nft = "table ip6 enpl_srccheck6 {\n  chain pre {\n    type filter hook prerouting priority 0; policy accept;\n    ip6 saddr != { ::, fe80::/10 } fib saddr . iif oif missing counter drop\n  }\n}\n";
     load_nft(dir, "srccheck6.nft", nft);
 }
 

@@ -2,9 +2,10 @@
 //! the VPC router: they learn the IPv6 default gateway from router advertisements (RAs) sent
 //! from the router's link-local address (on Nitro instances it shows as
 //! `fe80::1ff:fe23:4567:890a`, the address [`AWS_ROUTER`] uses), in answer to a router
-//! solicitation and now and then unsolicited. The RAs carry no prefix information: AWS assigns
-//! the addresses through the API (and DHCPv6), and enipeer must not depend on prefixes anyway
-//! (it turns `accept_ra_pinfo` off on the ENI).
+//! solicitation and now and then unsolicited. AWS assigns the addresses through the API (and
+//! DHCPv6); these RAs nevertheless carry the subnet's prefix as on-link and autonomous, which
+//! is harder on the host than needed: a host that processed it would get a prefix route in its
+//! main table and a SLAAC address, and the tests check that enipeer's ENI gets neither.
 //!
 //! The advertiser runs on a thread inside a namespace the test created, on one interface. It is
 //! bounded like every traffic loop of the tests: it stops when dropped, after [`MAX_RUN`], or
@@ -22,6 +23,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// The subnet router's link-local address as AWS Nitro instances see it.
 pub const AWS_ROUTER: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x1ff, 0xfe23, 0x4567, 0x890a);
+/// The prefix the advertisements carry (on-link, autonomous): the lab's ENI subnet.
+pub const PREFIX: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0);
 /// Longest an advertiser runs.
 pub const MAX_RUN: Duration = Duration::from_secs(1800);
 /// Most advertisements one advertiser sends.
@@ -42,7 +45,7 @@ pub struct Advertiser {
 
 impl Advertiser {
     /// Advertises `router` (a link-local address it adds to `ifname`, without DAD) as the
-    /// default router on `ifname` in namespace `ns`.
+    /// default router on `ifname` in namespace `ns`, with the prefix [`PREFIX`]/64.
     pub fn start(ns: &str, ifname: &str, router: Ipv6Addr) -> Advertiser {
         let (index, mac) = link_of(ns, ifname);
         super::netns::sh(&[
@@ -154,8 +157,8 @@ fn run(sock: &Socket, index: u32, mac: [u8; 6], stop: &AtomicBool, sent: &Atomic
     }
 }
 
-/// A router advertisement: default router for 1800 s, no prefixes, the source link-layer
-/// address option (without it the host could not note the router as a neighbour).
+/// A router advertisement: default router for 1800 s, the source link-layer address option
+/// (without it the host could not note the router as a neighbour) and [`PREFIX`]/64.
 fn advertisement(mac: [u8; 6]) -> Vec<u8> {
     let mut ra = vec![
         ROUTER_ADVERTISEMENT,
@@ -170,5 +173,10 @@ fn advertisement(mac: [u8; 6]) -> Vec<u8> {
     ra.extend_from_slice(&0u32.to_be_bytes()); // retrans timer: unspecified
     ra.extend_from_slice(&[1, 1]); // option: source link-layer address, 8 bytes
     ra.extend_from_slice(&mac);
+    ra.extend_from_slice(&[3, 4, 64, 0xc0]); // option: prefix information, 32 bytes, /64, L and A
+    ra.extend_from_slice(&2_592_000u32.to_be_bytes()); // valid lifetime
+    ra.extend_from_slice(&604_800u32.to_be_bytes()); // preferred lifetime
+    ra.extend_from_slice(&0u32.to_be_bytes()); // reserved
+    ra.extend_from_slice(&PREFIX.octets());
     ra
 }

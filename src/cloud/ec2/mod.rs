@@ -326,7 +326,14 @@ impl Ec2Cloud {
     /// Describe plus the subnet's CIDRs (looked up once and cached).
     async fn describe_full(&self, deadline: Instant) -> Result<EniInfo, CloudError> {
         let (mut info, subnet) = self.describe_with_subnet(deadline).await?;
-        if let (None, Some(subnet)) = (info.subnet_cidr, subnet) {
+        // Looked up again while the ENI has IPv6 addresses but the subnet had no IPv6 block
+        // yet (one associated after the first look).
+        let v6_missing = info
+            .ipv6
+            .as_ref()
+            .is_some_and(|v6| v6.subnet_cidr.is_none());
+        let missing = info.subnet_cidr.is_none() || v6_missing;
+        if let (true, Some(subnet)) = (missing, subnet) {
             let out = self
                 .call("DescribeSubnets", deadline, || {
                     self.client.describe_subnets().subnet_ids(&subnet).send()

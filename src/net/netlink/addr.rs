@@ -9,7 +9,9 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::Handle;
 
@@ -55,6 +57,43 @@ fn add_flags(a: &AddrSpec, legacy: bool) -> Option<AddressFlags> {
         IpAddr::V4(_) => Some(AddressFlags::Noprefixroute),
         IpAddr::V6(_) => Some(AddressFlags::Noprefixroute | AddressFlags::Nodad),
     }
+}
+
+/// Deletes the global IPv6 addresses the kernel configured on `link` by itself from a router
+/// advertisement's prefix (SLAAC: not permanent), which it did if something brought the link up
+/// before enipeer turned `accept_ra_pinfo` off; returns what it deleted. The plan's addresses
+/// and every address someone added by hand (permanent) stay.
+pub(super) async fn remove_autoconf(
+    handle: &Handle,
+    link: &LinkState,
+    keep: &[AddrSpec],
+) -> Result<Vec<String>, NetError> {
+    let present = link_addresses(handle, link.index).await?;
+    let mut changed = Vec::new();
+    let autoconf = present.iter().filter(|(a, m)| {
+        a.addr.is_ipv6()
+            && m.header.scope == AddressScope::Universe
+            && !permanent(m)
+            && !keep.contains(a)
+    });
+    for (a, msg) in autoconf {
+        match handle.address().del(msg.clone()).execute().await {
+            Ok(()) => changed.push(format!(
+                "autoconfigured address {a} removed from {}",
+                link.name
+            )),
+            Err(e) if super::is_gone(&e) => {}
+            Err(e) => return Err(nl_error(&format!("delete address {a}"), e)),
+        }
+    }
+    Ok(changed)
+}
+
+fn permanent(m: &AddressMessage) -> bool {
+    m.header.flags.contains(AddressHeaderFlags::Permanent)
+        || m.attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Permanent)))
 }
 
 /// Deletes the plan's addresses from `link`, recording each result in `td`.

@@ -368,6 +368,9 @@ pub(super) async fn wait_for_link(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Knob {
     RpFilter,
+    /// 2: router advertisements are processed even where the host forwards (Docker and
+    /// Kubernetes hosts do, and would otherwise never learn the router).
+    AcceptRa,
     /// 0: an RA on the ENI does not put a default route into the main table (the ENI's table
     /// gets its own, [`super::route`]); the kernel still notes the router as a neighbour.
     AcceptRaDefrtr,
@@ -385,6 +388,7 @@ impl Knob {
     fn path(self, ifname: &str) -> String {
         match self {
             Knob::RpFilter => format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"),
+            Knob::AcceptRa => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra"),
             Knob::AcceptRaDefrtr => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra_defrtr"),
             Knob::AcceptRaPinfo => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra_pinfo"),
             Knob::AcceptDad => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"),
@@ -394,6 +398,7 @@ impl Knob {
     fn name(self) -> &'static str {
         match self {
             Knob::RpFilter => "rp_filter",
+            Knob::AcceptRa => "accept_ra",
             Knob::AcceptRaDefrtr => "accept_ra_defrtr",
             Knob::AcceptRaPinfo => "accept_ra_pinfo",
             Knob::AcceptDad => "accept_dad",
@@ -401,8 +406,8 @@ impl Knob {
     }
 }
 
-/// Router advertisements on the ENI: neither a default route nor prefixes into the main table,
-/// and the router solicited at once. Set before the link comes up (the kernel solicits an RA as
+/// Router advertisements on the ENI: processed (so the router is learned), but neither a
+/// default route nor prefixes into the main table, and the router solicited at once. Set before the link comes up (the kernel solicits an RA as
 /// soon as it is up and its link-local address is usable). Not put back on
 /// removal: the interface leaves with the detach, and a device attached again starts from the
 /// host's defaults.
@@ -411,20 +416,16 @@ pub(super) async fn ensure_ra_settings(
     link: &mut LinkState,
 ) -> Result<Vec<String>, NetError> {
     let mut changed = Vec::new();
-    for knob in [Knob::AcceptRaDefrtr, Knob::AcceptRaPinfo, Knob::AcceptDad] {
-        let hint = |e: NetError| {
-            NetError::new(
-                e.kind,
-                format!(
-                    "{e} (the ENI has IPv6 addresses: is IPv6 disabled on this host? \
-                     check net.ipv6.conf.all.disable_ipv6 and the ipv6.disable boot option)"
-                ),
-            )
-        };
-        let now = read_sysctl(handle, link, knob).await.map_err(hint)?;
-        if now != 0 {
-            write_sysctl(handle, link, knob, 0).await.map_err(hint)?;
-            changed.push(format!("{} 0 on {}", knob.name(), link.name));
+    let wanted = [
+        (Knob::AcceptRa, 2),
+        (Knob::AcceptRaDefrtr, 0),
+        (Knob::AcceptRaPinfo, 0),
+        (Knob::AcceptDad, 0),
+    ];
+    for (knob, value) in wanted {
+        if read_sysctl(handle, link, knob).await? != value {
+            write_sysctl(handle, link, knob, value).await?;
+            changed.push(format!("{} {value} on {}", knob.name(), link.name));
         }
     }
     Ok(changed)

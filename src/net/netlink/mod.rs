@@ -4,8 +4,9 @@
 //!
 //! One file per kind of object, each with its `ensure_*` (apply, reconcile) and `remove_*`
 //! (teardown): [`link`] (finding the link, and its settings: name, MTU, up, rp_filter),
-//! [`addr`], [`route`] and [`rule`]; [`watch`] reports link loss and drift. This file holds the
-//! adapter and the order in which the objects are visited.
+//! [`addr`], [`route`] and [`rule`]; [`watch`] reports link loss and drift; [`ipv6`] applies a
+//! plan's IPv6 part after the IPv4 part, so that an IPv6 failure never costs the IPv4 service.
+//! This file holds the adapter and the order in which the objects are visited.
 //!
 //! Every operation opens its own netlink socket, so the adapter works in whatever network
 //! namespace the calling thread is in (that is how the tests confine it) and a dead socket never
@@ -20,6 +21,7 @@
 //! a daemon restart) removes addresses, rules and routes and leaves the link settings alone.
 
 mod addr;
+mod ipv6;
 mod link;
 mod route;
 mod rule;
@@ -28,7 +30,7 @@ mod watch;
 
 pub use seam::{LinkFoundHook, TestSeam};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -59,6 +61,9 @@ pub struct NetlinkNet {
     /// a daemon restart, which only means rp_filter, name and up state stay as enipeer set them
     /// on an interface that is about to be detached anyway.
     memos: Mutex<HashMap<String, Memo>>,
+    /// MACs whose route via the IPv6 router has been in place: adding it again later is drift
+    /// (it was deleted), not the router's arrival.
+    routers: Mutex<HashSet<String>>,
     seam: TestSeam,
 }
 
@@ -75,6 +80,7 @@ impl NetlinkNet {
             link_timeout,
             prepared: Mutex::new(None),
             memos: Mutex::new(HashMap::new()),
+            routers: Mutex::new(HashSet::new()),
             seam: TestSeam::default(),
         }
     }
@@ -103,8 +109,27 @@ impl NetlinkNet {
     }
 
     fn forget(&self, mac: &str) -> Option<Memo> {
+        self.routers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(mac);
         let mut memos = self.memos.lock().unwrap_or_else(|e| e.into_inner());
         memos.remove(mac)
+    }
+
+    /// The routes via the router that count as its arrival: those added before the route was
+    /// ever in place for this MAC. Notes when it is.
+    fn arrivals(&self, mac: &str, added: Vec<String>, in_place: bool) -> Vec<String> {
+        let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
+        let first = !routers.contains(mac);
+        if in_place {
+            routers.insert(mac.to_owned());
+        }
+        if first {
+            added
+        } else {
+            Vec::new()
+        }
     }
 
     async fn do_prepare(&self, mac: &str) -> Result<(), NetError> {
@@ -148,18 +173,19 @@ impl NetlinkNet {
         tracing::debug!(mac = %plan.mac, ifindex = link.index, ifname = %link.name, "link found");
         self.seam.link_found(link.index, &link.name);
         let conn = Conn::open(&[])?;
-        let (changed, _) = self.ensure(&conn.handle, plan, link).await?;
+        let done = self.ensure(&conn.handle, plan, link).await?;
         steps.push(Step::now("net: plan applied"));
         tracing::info!(
             mac = %plan.mac,
             table = plan.table,
-            changes = changed.len(),
+            changes = done.changed.len(),
             took_ms = found.elapsed().as_secs_f64() * 1000.0,
             "network plan applied"
         );
         Ok(ApplyReport {
-            changed,
+            changed: done.changed,
             router_routes: Vec::new(),
+            ipv6_error: done.ipv6_error,
             steps,
         })
     }
@@ -173,14 +199,15 @@ impl NetlinkNet {
                 format!("no link with MAC {} on this host", plan.mac),
             )
         })?;
-        let (changed, router_routes) = self.ensure(&conn.handle, plan, link).await?;
-        if !changed.is_empty() {
-            tracing::debug!(mac = %plan.mac, missing = ?changed, "drift repaired");
+        let done = self.ensure(&conn.handle, plan, link).await?;
+        if !done.changed.is_empty() {
+            tracing::debug!(mac = %plan.mac, missing = ?done.changed, "drift repaired");
         }
         Ok(ApplyReport {
             steps: vec![Step::now("net: reconciled")],
-            changed,
-            router_routes,
+            changed: done.changed,
+            router_routes: done.router_routes,
+            ipv6_error: done.ipv6_error,
         })
     }
 
@@ -200,48 +227,77 @@ impl NetlinkNet {
             .copied()
             .collect();
         let routes = route::ensure_routes(&conn.handle, link.index, plan.table, &specs).await?;
+        let router_routes =
+            self.arrivals(&plan.mac, routes.via_router.clone(), routes.router_in_place);
         Ok(ApplyReport {
             steps: vec![Step::now("net: router routes")],
             changed: routes.added,
-            router_routes: routes.via_router,
+            router_routes,
+            ipv6_error: None,
         })
     }
 
-    /// Makes the plan true on `link`, returning what was missing, and of that the routes via
-    /// the IPv6 router. Each part is checked first and only added when absent, so a plan
-    /// already in place produces no netlink change at all.
+    /// Makes the plan true on `link`: the link, then IPv4 whole, then IPv6, whose failure is
+    /// reported in the result rather than failing it. Each part is checked first and only added
+    /// when absent, so a plan already in place produces no netlink change at all.
     async fn ensure(
         &self,
         handle: &Handle,
         plan: &NetPlan,
         mut link: LinkState,
-    ) -> Result<(Vec<String>, Vec<String>), NetError> {
-        let mut changed = self.ensure_link(handle, plan, &mut link).await?;
+    ) -> Result<Ensured, NetError> {
+        let (mut changed, ra) = self.ensure_link(handle, plan, &mut link).await?;
         let legacy = self.seam.legacy();
-        changed.extend(addr::ensure_addresses(handle, &link, &plan.addresses, legacy).await?);
+        let v4 = plan.family(false);
+        changed.extend(addr::ensure_addresses(handle, &link, &v4.addresses, legacy).await?);
         if !legacy {
             // An address added without IFA_F_NOPREFIXROUTE (by an older release) brought its
             // prefix route into main; the kernel keeps it when the flag changes, so it goes here.
-            changed.extend(route::remove_prefix_routes(handle, &link, &plan.addresses).await?);
+            changed.extend(route::remove_prefix_routes(handle, &link, &v4.addresses).await?);
         }
         // Routes after addresses: the kernel only accepts a `src` that is a local address.
-        let routes = route::ensure_routes(handle, link.index, plan.table, &plan.routes).await?;
+        let routes = route::ensure_routes(handle, link.index, plan.table, &v4.routes).await?;
         changed.extend(routes.added);
-        changed.extend(rule::ensure_rules(handle, &plan.rules).await?);
-        Ok((changed, routes.via_router))
+        changed.extend(rule::ensure_rules(handle, &v4.rules).await?);
+        let mut out = Ensured {
+            changed,
+            ..Ensured::default()
+        };
+        if !plan.has_ipv6() {
+            return Ok(out);
+        }
+        let v6 = match ra {
+            Ok(()) => ipv6::ensure(handle, &link, plan, &plan.family(true)).await,
+            Err(e) => Err(e),
+        };
+        match v6 {
+            Ok(done) => {
+                out.changed.extend(done.changed);
+                out.router_routes = self.arrivals(&plan.mac, done.via_router, done.router_in_place);
+            }
+            Err(e) => out.ipv6_error = Some(ipv6::with_hint(e).to_string()),
+        }
+        Ok(out)
     }
 
-    /// The link's settings, remembering what they were before enipeer first changed them.
+    /// The link's settings, remembering what they were before enipeer first changed them;
+    /// beside them, whether the IPv6 router advertisement settings could be made (a failure
+    /// there must not keep the link down for IPv4).
     async fn ensure_link(
         &self,
         handle: &Handle,
         plan: &NetPlan,
         link: &mut LinkState,
-    ) -> Result<Vec<String>, NetError> {
+    ) -> Result<(Vec<String>, Result<(), NetError>), NetError> {
         let mut changed = Vec::new();
+        let mut ra = Ok(());
         if plan.has_ipv6() {
             // Before the link comes up: up, the kernel solicits an RA at once.
-            changed.extend(link::ensure_ra_settings(handle, link).await?);
+            match link::ensure_ra_settings(handle, link).await {
+                Ok(c) => changed.extend(c),
+                // The link may be gone; that is the IPv4 part's to find out.
+                Err(e) => ra = Err(e),
+            }
         }
         let rp_filter = match plan.rp_filter {
             Some(_) => Some(link::read_rp_filter(handle, link).await?),
@@ -250,7 +306,7 @@ impl NetlinkNet {
         self.remember(&plan.mac, |m| m.record(link, rp_filter, plan));
         let want = link::LinkSettings::applied(plan);
         changed.extend(link::set_link(handle, link, rp_filter, &want, link::Wording::Apply).await?);
-        Ok(changed)
+        Ok((changed, ra))
     }
 
     async fn do_remove(&self, plan: &NetPlan) -> Result<ApplyReport, NetError> {
@@ -287,10 +343,21 @@ impl NetlinkNet {
         tracing::info!(mac = %plan.mac, removed = td.removed.len(), link_present = oif.is_some(), "network plan removed");
         Ok(ApplyReport {
             router_routes: Vec::new(),
+            ipv6_error: None,
             changed: td.removed,
             steps: vec![Step::now("net: plan removed")],
         })
     }
+}
+
+/// What [`NetlinkNet::ensure`] did.
+#[derive(Debug, Default)]
+struct Ensured {
+    changed: Vec<String>,
+    /// Of `changed`, the routes via the IPv6 router that count as its arrival.
+    router_routes: Vec<String>,
+    /// The IPv6 part failed, with what to check (the IPv4 part is in place).
+    ipv6_error: Option<String>,
 }
 
 /// What a removal has done so far: what it removed, and every object it could not.
@@ -445,6 +512,11 @@ fn is_gone(e: &rtnetlink::Error) -> bool {
         errno_of(e),
         Some(Errno::ENOENT | Errno::ESRCH | Errno::EADDRNOTAVAIL | Errno::ENODEV)
     )
+}
+
+/// The kernel has no such address family (IPv6 turned off with `ipv6.disable=1`).
+fn no_family(e: &rtnetlink::Error) -> bool {
+    errno_of(e) == Some(Errno::EAFNOSUPPORT)
 }
 
 /// The thing to add is already there.

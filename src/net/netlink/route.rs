@@ -19,7 +19,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::link::LinkState;
-use super::{is_gone, nl_error, Teardown};
+use super::{is_gone, nl_error, no_family, Teardown};
 use crate::net::plan::Via;
 use crate::net::{AddrSpec, NetError, NetErrorKind, NetObject, RouteSpec};
 
@@ -35,7 +35,7 @@ pub(super) async fn remove_prefix_routes(
     link: &LinkState,
     addrs: &[AddrSpec],
 ) -> Result<Vec<String>, NetError> {
-    let routes = table_routes(handle, MAIN_TABLE).await?;
+    let routes = table_routes(handle, MAIN_TABLE, false).await?;
     let mut changed = Vec::new();
     for a in addrs.iter().filter(|a| a.prefix < 32) {
         let IpAddr::V4(addr) = a.addr else { continue };
@@ -78,6 +78,8 @@ pub(super) struct Added {
     pub added: Vec<String>,
     /// Of `added`, the routes via the IPv6 router.
     pub via_router: Vec<String>,
+    /// Every route via the IPv6 router is in the table now (found or added).
+    pub router_in_place: bool,
 }
 
 /// Adds the routes of `table` that are missing on link `oif`; returns what it added. The
@@ -89,12 +91,16 @@ pub(super) async fn ensure_routes(
     table: u32,
     specs: &[RouteSpec],
 ) -> Result<Added, NetError> {
-    let routes = table_routes(handle, table).await?;
-    let router = match specs.iter().any(|s| s.via == Via::Router) {
+    let routes = table_routes(handle, table, has_ipv6(specs)).await?;
+    let wants_router = specs.iter().any(|s| s.via == Via::Router);
+    let router = match wants_router {
         true => ipv6_router(handle, oif).await?,
         false => None,
     };
-    let mut out = Added::default();
+    let mut out = Added {
+        router_in_place: wants_router && router.is_some(),
+        ..Added::default()
+    };
     for spec in specs {
         let spec = match (spec.via, router) {
             (Via::Router, None) => {
@@ -153,8 +159,59 @@ pub(super) async fn ipv6_router(handle: &Handle, oif: u32) -> Result<Option<Ipv6
                 _ => None,
             })
         })
-        .filter(|v| (v.segments()[0] & 0xffc0) == 0xfe80)
+        .filter(is_link_local)
         .min())
+}
+
+/// fe80::/10: a router advertises from its link-local address.
+pub(super) fn is_link_local(v: &Ipv6Addr) -> bool {
+    (v.segments()[0] & 0xffc0) == 0xfe80
+}
+
+/// Deletes from the main table the routes the kernel learned from router advertisements on
+/// `link`: the default (`proto ra`) and the advertised prefixes (`proto kernel` with an expiry,
+/// which no route of an address has). The ENI's `accept_ra_defrtr` and `accept_ra_pinfo` are 0 from the
+/// moment enipeer first sees the link down, but a link something else brought up first may
+/// have learned a default route or a prefix already, which would stay until it expires.
+pub(super) async fn remove_ra_routes(
+    handle: &Handle,
+    link: &LinkState,
+) -> Result<Vec<String>, NetError> {
+    let routes = table_routes(handle, MAIN_TABLE, true).await?;
+    let mut changed = Vec::new();
+    let learned = routes.iter().filter(|r| {
+        let expires = r.attributes.iter().any(|a| match a {
+            RouteAttribute::CacheInfo(ci) => ci.expires != 0,
+            _ => false,
+        });
+        r.header.address_family == AddressFamily::Inet6
+            && r.attributes.contains(&RouteAttribute::Oif(link.index))
+            && (r.header.protocol == RouteProtocol::Ra
+                || (r.header.protocol == RouteProtocol::Kernel && expires))
+    });
+    for r in learned {
+        let dst = route_ip(r, |a| match a {
+            RouteAttribute::Destination(d) => Some(d),
+            _ => None,
+        });
+        let what = match dst {
+            Some(d) => format!("{d}/{}", r.header.destination_prefix_length),
+            None => "default".to_owned(),
+        };
+        match handle.route().del(r.clone()).execute().await {
+            Ok(()) => changed.push(format!(
+                "router-advertised route {what} dev {} removed from main",
+                link.name
+            )),
+            Err(e) if is_gone(&e) => {}
+            Err(e) => return Err(nl_error(&format!("delete route {what} from main"), e)),
+        }
+    }
+    Ok(changed)
+}
+
+fn has_ipv6(specs: &[RouteSpec]) -> bool {
+    specs.iter().any(|s| s.dst.is_ipv6())
 }
 
 /// Deletes the plan's routes from `table`, recording each result in `td`. Routes vanish with
@@ -167,7 +224,8 @@ pub(super) async fn remove_routes(
     oif: Option<u32>,
     td: &mut Teardown,
 ) {
-    let Some(routes) = td.check(NetObject::Route, table_routes(handle, table).await) else {
+    let listed = table_routes(handle, table, has_ipv6(specs)).await;
+    let Some(routes) = td.check(NetObject::Route, listed) else {
         return;
     };
     for spec in specs {
@@ -181,21 +239,26 @@ pub(super) async fn remove_routes(
     }
 }
 
-/// The IPv4 and IPv6 routes of `table`.
-async fn table_routes(handle: &Handle, table: u32) -> Result<Vec<RouteMessage>, NetError> {
+/// The IPv4 routes of `table`, and its IPv6 routes when `ipv6` (a kernel without IPv6 has none:
+/// an IPv4-only host never depends on IPv6).
+async fn table_routes(
+    handle: &Handle,
+    table: u32,
+    ipv6: bool,
+) -> Result<Vec<RouteMessage>, NetError> {
+    let mut queries = vec![(false, RouteMessageBuilder::<Ipv4Addr>::new().build())];
+    if ipv6 {
+        queries.push((true, RouteMessageBuilder::<Ipv6Addr>::new().build()));
+    }
     let mut out = Vec::new();
-    for query in [
-        RouteMessageBuilder::<Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<Ipv6Addr>::new().build(),
-    ] {
-        let msgs: Vec<RouteMessage> = handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_error("list routes", e))?;
-        out.extend(msgs.into_iter().filter(|r| route_table(r) == table));
+    for (v6, query) in queries {
+        let listed: Result<Vec<RouteMessage>, _> =
+            handle.route().get(query).execute().try_collect().await;
+        match listed {
+            Ok(msgs) => out.extend(msgs.into_iter().filter(|r| route_table(r) == table)),
+            Err(e) if v6 && no_family(&e) => {}
+            Err(e) => return Err(nl_error("list routes", e)),
+        }
     }
     Ok(out)
 }

@@ -7,7 +7,7 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion};
 
-use super::{added, nl_error, Teardown};
+use super::{added, nl_error, no_family, Teardown};
 use crate::net::{NetError, NetObject, RuleSpec};
 
 /// Adds the rules that are missing; returns what it added. A rule is never replaced: re-adding
@@ -16,7 +16,7 @@ pub(super) async fn ensure_rules(
     handle: &Handle,
     specs: &[RuleSpec],
 ) -> Result<Vec<String>, NetError> {
-    let rules = all_rules(handle).await?;
+    let rules = all_rules(handle, specs).await?;
     let mut changed = Vec::new();
     for spec in specs {
         if rules.iter().any(|r| rule_matches(r, spec)) {
@@ -41,7 +41,7 @@ pub(super) async fn ensure_rules(
 
 /// Deletes every rule that is exactly one of the plan's, recording each result in `td`.
 pub(super) async fn remove_rules(handle: &Handle, specs: &[RuleSpec], td: &mut Teardown) {
-    let Some(rules) = td.check(NetObject::Rule, all_rules(handle).await) else {
+    let Some(rules) = td.check(NetObject::Rule, all_rules(handle, specs).await) else {
         return;
     };
     for spec in specs {
@@ -55,18 +55,26 @@ pub(super) async fn remove_rules(handle: &Handle, specs: &[RuleSpec], td: &mut T
     }
 }
 
-/// The IPv4 and IPv6 rules.
-async fn all_rules(handle: &Handle) -> Result<Vec<RuleMessage>, NetError> {
+/// The rules of the families `specs` name. IPv6 rules are listed only for IPv6 specs, and a
+/// kernel without IPv6 (`ipv6.disable=1`) has none: an IPv4-only host never depends on IPv6.
+async fn all_rules(handle: &Handle, specs: &[RuleSpec]) -> Result<Vec<RuleMessage>, NetError> {
+    let mut versions = vec![IpVersion::V4];
+    if specs.iter().any(|s| s.from.is_ipv6()) {
+        versions.push(IpVersion::V6);
+    }
     let mut out: Vec<RuleMessage> = Vec::new();
-    for version in [IpVersion::V4, IpVersion::V6] {
-        let rules: Vec<RuleMessage> = handle
+    for version in versions {
+        let listed: Result<Vec<RuleMessage>, _> = handle
             .rule()
-            .get(version)
+            .get(version.clone())
             .execute()
             .try_collect()
-            .await
-            .map_err(|e| nl_error("list rules", e))?;
-        out.extend(rules);
+            .await;
+        match listed {
+            Ok(rules) => out.extend(rules),
+            Err(e) if version == IpVersion::V6 && no_family(&e) => {}
+            Err(e) => return Err(nl_error("list rules", e)),
+        }
     }
     Ok(out)
 }

@@ -2,6 +2,7 @@
 //! and, for a plan with IPv6, for the subnet router's first router advertisement (a neighbour
 //! flagged `router` on the link): the IPv6 default route waits for it ([`super::route`]).
 
+use std::collections::HashSet;
 use std::net::Ipv6Addr;
 
 use futures::StreamExt;
@@ -14,7 +15,7 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
 use tokio::sync::mpsc;
 
-use super::route::route_table;
+use super::route::{ipv6_router, is_link_local, route_table};
 use super::rule::rule_table;
 use super::{link, parse_mac, Conn};
 use crate::net::{NetError, NetEvent, NetPlan};
@@ -55,28 +56,41 @@ pub(super) async fn watch(plan: &NetPlan) -> Result<mpsc::Receiver<NetEvent>, Ne
         index: link.index,
         table: plan.table,
         mac: plan.mac.clone(),
-        router: None,
+        routers: HashSet::new(),
+        router_check: ipv6.then(|| tokio::time::Instant::now() + ROUTER_PATIENCE),
     };
     tokio::spawn(watch_task(conn, watch, tx));
     Ok(rx)
 }
+
+/// How long after the watch starts a plan with IPv6 may go without a router on the link
+/// before a warning says so (the VPC router answers a solicitation within milliseconds).
+const ROUTER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the watch task looks for.
 struct Watch {
     index: u32,
     table: u32,
     mac: String,
-    /// The last router seen on the link, so that only a new one asks for a reconcile (its
-    /// entry changes state every few seconds while traffic flows).
-    router: Option<Ipv6Addr>,
+    /// The routers seen on the link, so that only a new one asks for a reconcile (an entry
+    /// changes state every few seconds while traffic flows).
+    routers: HashSet<Ipv6Addr>,
+    /// When to check, once, that a router is known (plans with IPv6 only).
+    router_check: Option<tokio::time::Instant>,
 }
 
 async fn watch_task(mut conn: Conn, mut w: Watch, tx: mpsc::Sender<NetEvent>) {
     let (index, mac) = (w.index, w.mac.clone());
     loop {
+        let check = w.router_check;
         let next = tokio::select! {
             m = conn.messages.next() => m,
             () = tx.closed() => return,
+            () = sleep_until_some(check) => {
+                w.router_check = None;
+                warn_without_router(&conn, index, &mac).await;
+                continue;
+            }
         };
         let Some((msg, _)) = next else {
             // The socket died; events may have been lost, so ask for a reconcile (the daemon's
@@ -89,13 +103,9 @@ async fn watch_task(mut conn: Conn, mut w: Watch, tx: mpsc::Sender<NetEvent>) {
             continue;
         };
         if let RouteNetlinkMessage::NewNeighbour(n) = &inner {
-            match router_of(n, index) {
-                Some(r) if w.router != Some(r) => {
-                    tracing::debug!(%mac, router = %r, "IPv6 router seen on the ENI's link");
-                    w.router = Some(r);
-                    let _ = tx.try_send(NetEvent::Changed);
-                }
-                _ => {}
+            if let Some(r) = router_of(n, index).filter(|r| w.routers.insert(*r)) {
+                tracing::debug!(%mac, router = %r, "IPv6 router seen on the ENI's link");
+                let _ = tx.try_send(NetEvent::Changed);
             }
             continue;
         }
@@ -114,15 +124,37 @@ async fn watch_task(mut conn: Conn, mut w: Watch, tx: mpsc::Sender<NetEvent>) {
     }
 }
 
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Warns when no IPv6 router is known on the link: the IPv6 default route is still waiting.
+async fn warn_without_router(conn: &Conn, index: u32, mac: &str) {
+    if let Ok(None) = ipv6_router(&conn.handle, index).await {
+        tracing::warn!(
+            %mac,
+            waited_s = ROUTER_PATIENCE.as_secs(),
+            "no IPv6 router advertisement on the ENI yet: its IPv6 default route waits, IPv6 \
+             clients beyond the subnet are not served (see docs/troubleshooting.md, IPv6)"
+        );
+    }
+}
+
 /// The router a neighbour message on link `index` announces, if it is one.
 fn router_of(n: &NeighbourMessage, index: u32) -> Option<Ipv6Addr> {
     if n.header.ifindex != index || !n.header.flags.contains(NeighbourFlags::Router) {
         return None;
     }
-    n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(*v),
-        _ => None,
-    })
+    n.attributes
+        .iter()
+        .find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(*v),
+            _ => None,
+        })
+        .filter(is_link_local)
 }
 
 /// What a netlink event means for the plan on link `index` with table `table`, if anything.
