@@ -47,6 +47,10 @@ pub struct RoleReport {
     /// each reconcile until the host is clean; empty when it is.
     #[serde(default)]
     pub leftovers: Vec<String>,
+    /// Why the IPv6 part of the host network config is not in place while this node serves
+    /// (its IPv4 part is); retried on each reconcile. `None` when it is, or the ENI has no IPv6.
+    #[serde(default)]
+    pub ipv6_problem: Option<String>,
 }
 
 /// Who holds the ENI, as an object so a script tells an instance from "nobody" and "unknown" by
@@ -171,6 +175,11 @@ impl RoleReport {
         out.push_str(&self.health.render());
         for l in &self.leftovers {
             out.push_str(&format!("  LEFTOVER on the host (retried): {l}\n"));
+        }
+        if let Some(e) = &self.ipv6_problem {
+            out.push_str(&format!(
+                "  IPv6 NOT configured on the host (retried): {e}\n"
+            ));
         }
         for p in &self.peers {
             out.push_str(&format!(

@@ -36,6 +36,7 @@ fn sample_report() -> RoleReport {
         },
         maintenance: None,
         leftovers: vec!["ENI 02:00:00:00:00:01: teardown: rule: EBUSY".into()],
+        ipv6_problem: None,
     }
 }
 

@@ -243,6 +243,9 @@ enum Done {
         tried: Vec<NetPlan>,
         failed: Vec<(NetPlan, String)>,
     },
+    /// After an apply or reconcile of a plan with IPv6: why its IPv6 part is not in place, or
+    /// `None` when it is.
+    Ipv6(Option<String>),
     /// From the link watch while master.
     LinkGone,
     Drift,
@@ -273,6 +276,9 @@ struct Daemon {
     /// Plans whose removal failed, with the last error: removed again on each reconcile tick
     /// while this node does not serve, until the host is clean; `role` lists them.
     leftovers: Vec<(NetPlan, String)>,
+    /// Why the IPv6 part of the applied plan is not on the host (the IPv4 part is); `role`
+    /// shows it until a reconcile gets it in place.
+    ipv6_problem: Option<String>,
     /// Uses of the plan waiting, in order, for the describe in flight (`describing`).
     plan_waiting: Vec<PlanUse>,
     describing: bool,
@@ -491,6 +497,7 @@ impl Daemon {
             eni: None,
             applied: None,
             leftovers: Vec::new(),
+            ipv6_problem: None,
             plan_waiting: Vec::new(),
             describing: false,
             pending_yields: HashMap::new(),

@@ -35,7 +35,13 @@ pub(super) async fn run(
     // One job at a time, in order: a remove queued behind an apply must not overtake it.
     while let Some(job) = jobs.recv().await {
         let msg = match job {
-            NetJob::Apply(plan) => apply(&*net, &plan).await,
+            NetJob::Apply(plan) => {
+                let (msg, ipv6) = apply(&*net, &plan).await;
+                if ipv6.is_some_and(|v| done.send(v).is_err()) {
+                    return;
+                }
+                msg
+            }
             NetJob::Remove(plans) => {
                 let (done_msg, left) = remove(&*net, &plans).await;
                 if done.send(left).is_err() {
@@ -44,7 +50,11 @@ pub(super) async fn run(
                 done_msg
             }
             NetJob::Reconcile(plan) => {
-                reconcile(&*net, &plan).await;
+                if let Some(v) = reconcile(&*net, &plan).await {
+                    if done.send(v).is_err() {
+                        return;
+                    }
+                }
                 continue;
             }
             NetJob::RouterRoutes(plan) => {
@@ -67,24 +77,27 @@ pub(super) async fn run(
     }
 }
 
-async fn apply(net: &dyn HostNet, plan: &NetPlan) -> Done {
+/// The apply's result for the core and, for a plan with IPv6, the state of its IPv6 part.
+async fn apply(net: &dyn HostNet, plan: &NetPlan) -> (Done, Option<Done>) {
     match net.apply(plan).await {
         Ok(report) => {
             if !report.changed.is_empty() {
                 info!(changes = ?report.changed, "host network configured");
             }
-            warn_ipv6(&report);
-            Done::Net {
+            let ipv6 = ipv6_status(plan, &report);
+            let done = Done::Net {
                 event: Event::NetApplied(Ok(())),
                 steps: report.steps,
-            }
+            };
+            (done, ipv6)
         }
         Err(e) => {
             warn!(error = %e, kind = e.kind(), "applying the host network config failed");
-            Done::Net {
+            let done = Done::Net {
                 event: Event::NetApplied(Err(e.to_string())),
                 steps: Vec::new(),
-            }
+            };
+            (done, None)
         }
     }
 }
@@ -118,18 +131,20 @@ async fn remove(net: &dyn HostNet, plans: &[NetPlan]) -> (Done, Done) {
     (net, left)
 }
 
-/// The IPv4 part is in place and served; the IPv6 part is retried on the next reconcile.
-fn warn_ipv6(report: &crate::net::ApplyReport) {
+/// For a plan with IPv6: whether its IPv6 part is in place, for `role`; a failure is also
+/// logged (the IPv4 part is in place and served, the IPv6 part is retried on each reconcile).
+fn ipv6_status(plan: &NetPlan, report: &crate::net::ApplyReport) -> Option<Done> {
     if let Some(e) = &report.ipv6_error {
         warn!(error = %e, "the IPv6 part of the host network config failed; IPv4 is served, IPv6 is retried on each reconcile (network.reconcile-interval)");
     }
+    plan.has_ipv6()
+        .then(|| Done::Ipv6(report.ipv6_error.clone()))
 }
 
-async fn reconcile(net: &dyn HostNet, plan: &NetPlan) {
+/// Repairs drift; for a plan with IPv6, returns the state of its IPv6 part.
+async fn reconcile(net: &dyn HostNet, plan: &NetPlan) -> Option<Done> {
     let result = net.reconcile(plan).await;
-    if let Ok(report) = &result {
-        warn_ipv6(report);
-    }
+    let ipv6 = result.as_ref().ok().and_then(|r| ipv6_status(plan, r));
     match result {
         Ok(report) if !report.changed.is_empty() => {
             // The IPv6 default route waits for the router's first advertisement; adding it
@@ -152,4 +167,5 @@ async fn reconcile(net: &dyn HostNet, plan: &NetPlan) {
             warn!(error = %e, kind = e.kind(), "repairing the host network config failed")
         }
     }
+    ipv6
 }

@@ -88,6 +88,8 @@ impl Daemon {
         if let Some(w) = self.watch.take() {
             w.abort();
         }
+        // Not serving any more: IPv6 being missing is not news.
+        self.ipv6_problem = None;
         let mut plans = vec![plan];
         if let Some(applied) = self.applied.take() {
             if applied != plans[0] {
@@ -183,6 +185,14 @@ impl Daemon {
         }
         let plans = self.leftovers.iter().map(|(p, _)| p.clone()).collect();
         let _ = self.net_tx.send(NetJob::Cleanup(plans));
+    }
+
+    /// The net worker's word on the IPv6 part of the applied plan.
+    pub(super) fn on_ipv6(&mut self, problem: Option<String>) {
+        if problem.is_none() && self.ipv6_problem.is_some() {
+            info!("the IPv6 part of the host network config is in place now");
+        }
+        self.ipv6_problem = problem;
     }
 
     /// A removal's report: what it tried is no longer a leftover unless it failed again.

@@ -56,6 +56,7 @@ impl Daemon {
                 .iter()
                 .map(|(p, e)| format!("ENI {}: {e}", p.mac))
                 .collect(),
+            ipv6_problem: self.ipv6_problem.clone(),
         }
     }
 

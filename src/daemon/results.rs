@@ -57,6 +57,7 @@ impl Daemon {
                 }
             }
             Done::Leftovers { tried, failed } => self.on_leftovers(tried, failed),
+            Done::Ipv6(problem) => self.on_ipv6(problem),
             Done::LinkGone => {
                 warn!("the ENI's interface disappeared from this host");
                 self.feed(Event::LinkLost).await;

@@ -133,5 +133,6 @@ fn waiting_report(settings: &Settings, waiting: &str, since: std::time::SystemTi
         health: Default::default(),
         maintenance: None,
         leftovers: Vec::new(),
+        ipv6_problem: None,
     }
 }

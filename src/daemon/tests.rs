@@ -256,3 +256,86 @@ async fn a_failed_removal_is_retried_on_reconcile_until_the_host_is_clean() {
     assert!(jobs.try_recv().is_err(), "no removal once clean");
     drop(ends);
 }
+
+/// The host adapter of a host with IPv6 turned off: every apply succeeds with IPv4 and reports
+/// the IPv6 part as failed.
+struct Ipv6Fails;
+
+impl crate::net::HostNet for Ipv6Fails {
+    fn prepare<'a>(
+        &'a self,
+        _mac: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), crate::net::NetError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        _plan: &'a crate::net::NetPlan,
+    ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
+        Box::pin(async {
+            Ok(crate::net::ApplyReport {
+                ipv6_error: Some("add address 2001:db8:0:1::25/64: Permission denied".into()),
+                ..Default::default()
+            })
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        plan: &'a crate::net::NetPlan,
+    ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
+        self.apply(plan)
+    }
+
+    fn remove<'a>(
+        &'a self,
+        _plan: &'a crate::net::NetPlan,
+    ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
+        Box::pin(async { Ok(crate::net::ApplyReport::default()) })
+    }
+
+    fn watch<'a>(
+        &'a self,
+        _plan: &'a crate::net::NetPlan,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<tokio::sync::mpsc::Receiver<crate::net::NetEvent>, crate::net::NetError>,
+    > {
+        Box::pin(async { Ok(tokio::sync::mpsc::channel(1).1) })
+    }
+}
+
+/// An apply whose IPv6 part failed is still an apply (the core hears `NetApplied(Ok)`), and
+/// `role` says IPv6 is missing until the net worker reports it in place.
+#[tokio::test]
+async fn an_ipv6_failure_is_shown_in_role_and_the_apply_still_succeeds() {
+    let (mut d, ends) = daemon();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let (net_tx, net_rx) = mpsc::unbounded_channel();
+    tokio::spawn(super::net_worker::run(Arc::new(Ipv6Fails), net_rx, done_tx));
+    let mut info = eni();
+    info.ipv6 = Some(Box::new(crate::cloud::EniIpv6 {
+        addresses: vec!["2001:db8:0:1::25".parse().unwrap()],
+        subnet_cidr: None,
+    }));
+    let plan = crate::net::NetPlan::build(&info, &d.settings.network);
+    net_tx.send(NetJob::Apply(plan)).unwrap();
+    let first = next_done(&mut done).await;
+    assert!(matches!(&first, Done::Ipv6(Some(e)) if e.contains("Permission denied")));
+    assert!(matches!(
+        next_done(&mut done).await,
+        Done::Net {
+            event: Event::NetApplied(Ok(())),
+            ..
+        }
+    ));
+    at_once(d.on_done(first));
+    let report = d.report();
+    assert!(report.ipv6_problem.is_some());
+    assert!(report.render(0).contains("IPv6 NOT configured on the host"));
+
+    at_once(d.on_done(Done::Ipv6(None)));
+    assert_eq!(d.report().ipv6_problem, None, "in place now");
+    drop(ends);
+}

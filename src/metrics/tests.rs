@@ -27,6 +27,7 @@ fn report() -> RoleReport {
         rejected: vec![],
         maintenance: None,
         leftovers: Vec::new(),
+        ipv6_problem: None,
         health: HealthReport {
             healthy: false,
             checks: vec![

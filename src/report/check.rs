@@ -165,6 +165,9 @@ impl RoleReport {
                 format!("host config left behind: {}", self.leftovers.join("; ")),
             ));
         }
+        if let Some(e) = &self.ipv6_problem {
+            out.push((Warning, format!("IPv6 not configured on the host: {e}")));
+        }
         if let Some(ms) = self.hold_down_ms_left {
             out.push((
                 Warning,

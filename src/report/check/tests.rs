@@ -29,6 +29,7 @@ fn master() -> RoleReport {
         rejected: vec![],
         maintenance: None,
         leftovers: Vec::new(),
+        ipv6_problem: None,
         health: HealthReport {
             healthy: true,
             ..Default::default()
@@ -231,4 +232,16 @@ fn the_json_distinguishes_holders_by_kind_and_names_reject_counts() {
     );
     let back: RoleReport = serde_json::from_str(&text).unwrap();
     assert_eq!(back, r);
+}
+
+#[test]
+fn ipv6_missing_on_the_master_is_a_warning_and_shown() {
+    let mut r = master();
+    r.ipv6_problem = Some("add address 2001:db8::25/64: Permission denied".into());
+    let (s, line) = judged(&r);
+    assert_eq!((s, s.code()), (CheckStatus::Warning, 1));
+    assert!(line.contains("IPv6 not configured on the host"), "{line}");
+    assert!(r
+        .render(0)
+        .contains("IPv6 NOT configured on the host (retried): add address"));
 }
