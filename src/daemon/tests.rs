@@ -138,10 +138,12 @@ async fn plan_uses_wait_for_one_describe_and_keep_their_order() {
 }
 
 /// The host adapter with a fault hook: the first removal fails (leaving the host config in
-/// place), every later one succeeds. Counts removals.
+/// place), every later one succeeds. Counts removals. With `ipv6_error`, every apply reports
+/// the IPv6 part failed (a host with IPv6 turned off).
 #[derive(Default)]
 struct FailsFirstRemoval {
     removals: std::sync::atomic::AtomicUsize,
+    ipv6_error: Option<String>,
 }
 
 impl crate::net::HostNet for FailsFirstRemoval {
@@ -156,7 +158,13 @@ impl crate::net::HostNet for FailsFirstRemoval {
         &'a self,
         _plan: &'a crate::net::NetPlan,
     ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
-        Box::pin(async { Ok(crate::net::ApplyReport::default()) })
+        let ipv6_error = self.ipv6_error.clone();
+        Box::pin(async move {
+            Ok(crate::net::ApplyReport {
+                ipv6_error,
+                ..Default::default()
+            })
+        })
     }
 
     fn reconcile<'a>(
@@ -257,55 +265,6 @@ async fn a_failed_removal_is_retried_on_reconcile_until_the_host_is_clean() {
     drop(ends);
 }
 
-/// The host adapter of a host with IPv6 turned off: every apply succeeds with IPv4 and reports
-/// the IPv6 part as failed.
-struct Ipv6Fails;
-
-impl crate::net::HostNet for Ipv6Fails {
-    fn prepare<'a>(
-        &'a self,
-        _mac: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<(), crate::net::NetError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn apply<'a>(
-        &'a self,
-        _plan: &'a crate::net::NetPlan,
-    ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
-        Box::pin(async {
-            Ok(crate::net::ApplyReport {
-                ipv6_error: Some("add address 2001:db8:0:1::25/64: Permission denied".into()),
-                ..Default::default()
-            })
-        })
-    }
-
-    fn reconcile<'a>(
-        &'a self,
-        plan: &'a crate::net::NetPlan,
-    ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
-        self.apply(plan)
-    }
-
-    fn remove<'a>(
-        &'a self,
-        _plan: &'a crate::net::NetPlan,
-    ) -> futures::future::BoxFuture<'a, Result<crate::net::ApplyReport, crate::net::NetError>> {
-        Box::pin(async { Ok(crate::net::ApplyReport::default()) })
-    }
-
-    fn watch<'a>(
-        &'a self,
-        _plan: &'a crate::net::NetPlan,
-    ) -> futures::future::BoxFuture<
-        'a,
-        Result<tokio::sync::mpsc::Receiver<crate::net::NetEvent>, crate::net::NetError>,
-    > {
-        Box::pin(async { Ok(tokio::sync::mpsc::channel(1).1) })
-    }
-}
-
 /// An apply whose IPv6 part failed is still an apply (the core hears `NetApplied(Ok)`), and
 /// `role` says IPv6 is missing until the net worker reports it in place.
 #[tokio::test]
@@ -313,7 +272,11 @@ async fn an_ipv6_failure_is_shown_in_role_and_the_apply_still_succeeds() {
     let (mut d, ends) = daemon();
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let (net_tx, net_rx) = mpsc::unbounded_channel();
-    tokio::spawn(super::net_worker::run(Arc::new(Ipv6Fails), net_rx, done_tx));
+    let net = FailsFirstRemoval {
+        ipv6_error: Some("add address 2001:db8:0:1::25/64: Permission denied".into()),
+        ..FailsFirstRemoval::default()
+    };
+    tokio::spawn(super::net_worker::run(Arc::new(net), net_rx, done_tx));
     let mut info = eni();
     info.ipv6 = Some(Box::new(crate::cloud::EniIpv6 {
         addresses: vec!["2001:db8:0:1::25".parse().unwrap()],
