@@ -1165,15 +1165,7 @@ fn build_topology(dir: &Path, layout: Layout) -> Vec<Netns> {
 /// reply without the ENI's IPv6 policy routing would, is dropped. Its advertisements on br-eni
 /// come from [`super::ra::Advertiser`], which the lab starts.
 fn ipv6_topology(dir: &Path) {
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        NS_RT,
-        "sysctl",
-        "-qw",
-        "net.ipv6.conf.all.forwarding=1",
-    ]);
+    router_sysctl(&["net.ipv6.conf.all.forwarding=1"]);
     let r = |args: &[&str]| ip(NS_RT, args);
     r(&[
         "-6",
@@ -1306,13 +1298,7 @@ fn router_rules(dir: &Path, layout: Layout) {
     let eni_ip = layout.eni_ip();
     // The source/destination check as strict reverse-path filtering: a reply from the ENI's
     // address that arrives over the management bridge is dropped.
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        NS_RT,
-        "sysctl",
-        "-qw",
+    router_sysctl(&[
         "net.ipv4.ip_forward=1",
         "net.ipv4.conf.all.rp_filter=1",
         "net.ipv4.conf.default.rp_filter=1",
@@ -1323,6 +1309,13 @@ fn router_rules(dir: &Path, layout: Layout) {
         "table ip enpl_eip {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {EIP} dnat to {eni_ip}\n  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {eni_ip} oifname \"rt-cli\" snat to {EIP}\n  }}\n}}\n"
     );
     load_nft(dir, "eip.nft", &nft);
+}
+
+/// Sets `key=value` sysctls in the router's namespace.
+fn router_sysctl(settings: &[&str]) {
+    let mut args = vec!["ip", "netns", "exec", NS_RT, "sysctl", "-qw"];
+    args.extend_from_slice(settings);
+    sh(&args);
 }
 
 /// Writes `rules` to `file` in the lab's directory `dir` and loads them into the router's

@@ -191,14 +191,7 @@ impl NetlinkNet {
     }
 
     async fn do_reconcile(&self, plan: &NetPlan) -> Result<ApplyReport, NetError> {
-        let mac = parse_mac(&plan.mac)?;
-        let conn = Conn::open(&[])?;
-        let link = link::find_link(&conn.handle, mac).await?.ok_or_else(|| {
-            NetError::new(
-                NetErrorKind::LinkGone,
-                format!("no link with MAC {} on this host", plan.mac),
-            )
-        })?;
+        let (conn, link) = link_here(plan).await?;
         let done = self.ensure(&conn.handle, plan, link).await?;
         if !done.changed.is_empty() {
             tracing::debug!(mac = %plan.mac, missing = ?done.changed, "drift repaired");
@@ -212,14 +205,7 @@ impl NetlinkNet {
     }
 
     async fn do_add_router_routes(&self, plan: &NetPlan) -> Result<ApplyReport, NetError> {
-        let mac = parse_mac(&plan.mac)?;
-        let conn = Conn::open(&[])?;
-        let link = link::find_link(&conn.handle, mac).await?.ok_or_else(|| {
-            NetError::new(
-                NetErrorKind::LinkGone,
-                format!("no link with MAC {} on this host", plan.mac),
-            )
-        })?;
+        let (conn, link) = link_here(plan).await?;
         let specs: Vec<_> = plan
             .routes
             .iter()
@@ -348,6 +334,20 @@ impl NetlinkNet {
             steps: vec![Step::now("net: plan removed")],
         })
     }
+}
+
+/// A fresh netlink socket and the plan's link, which must be here already (`link-gone` if not):
+/// what reconciling needs, unlike an apply, which waits for the link.
+async fn link_here(plan: &NetPlan) -> Result<(Conn, LinkState), NetError> {
+    let mac = parse_mac(&plan.mac)?;
+    let conn = Conn::open(&[])?;
+    let link = link::find_link(&conn.handle, mac).await?.ok_or_else(|| {
+        NetError::new(
+            NetErrorKind::LinkGone,
+            format!("no link with MAC {} on this host", plan.mac),
+        )
+    })?;
+    Ok((conn, link))
 }
 
 /// What [`NetlinkNet::ensure`] did.
