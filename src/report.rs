@@ -182,21 +182,7 @@ impl RoleReport {
             ));
         }
         for p in &self.peers {
-            out.push_str(&format!(
-                "  peer {}: {}{}, {}{}\n",
-                p.name,
-                p.role.as_deref().unwrap_or("never heard"),
-                match (p.healthy, p.maintenance) {
-                    (_, Some(true)) => " (in maintenance)",
-                    (Some(false), _) => " (checks failing)",
-                    _ => "",
-                },
-                match p.last_heard_ms_ago {
-                    Some(ms) => format!("last heartbeat {} ago", fmt_ms(ms)),
-                    None => "no heartbeat yet".into(),
-                },
-                if p.alive { "" } else { " (DEAD)" }
-            ));
+            out.push_str(&p.render());
         }
         let rejected: u64 = self.rejected.iter().map(|r| r.count).sum();
         if rejected > 0 {
@@ -215,6 +201,27 @@ impl RoleReport {
             out.push_str(&t.render());
         }
         out
+    }
+}
+
+impl PeerReport {
+    /// The peer's line in `enipeer role`.
+    fn render(&self) -> String {
+        format!(
+            "  peer {}: {}{}, {}{}\n",
+            self.name,
+            self.role.as_deref().unwrap_or("never heard"),
+            match (self.healthy, self.maintenance) {
+                (_, Some(true)) => " (in maintenance)",
+                (Some(false), _) => " (checks failing)",
+                _ => "",
+            },
+            match self.last_heard_ms_ago {
+                Some(ms) => format!("last heartbeat {} ago", fmt_ms(ms)),
+                None => "no heartbeat yet".into(),
+            },
+            if self.alive { "" } else { " (DEAD)" }
+        )
     }
 }
 
