@@ -5,8 +5,9 @@
 //! The link is addressed by its index throughout. Its name is only what the kernel said last: a
 //! hot-plugged device can be renamed right after the event that announced it (udev's
 //! predictable names; `ip link set … netns … name` is two steps). The one place a name is
-//! needed, a sysctl path in procfs (rp_filter; for IPv6, router advertisement handling), asks the kernel for the current name by index right
-//! before each read or write, and follows a rename that happens in between at once.
+//! needed, a sysctl path in procfs (rp_filter; for IPv6, router advertisement handling), asks
+//! the kernel for the current name by index right before each read or write, and follows a
+//! rename that happens in between at once.
 
 use std::time::Duration;
 
@@ -386,13 +387,11 @@ pub(super) enum Knob {
 
 impl Knob {
     fn path(self, ifname: &str) -> String {
-        match self {
-            Knob::RpFilter => format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"),
-            Knob::AcceptRa => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra"),
-            Knob::AcceptRaDefrtr => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra_defrtr"),
-            Knob::AcceptRaPinfo => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra_pinfo"),
-            Knob::AcceptDad => format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"),
-        }
+        let family = match self {
+            Knob::RpFilter => "ipv4",
+            _ => "ipv6",
+        };
+        format!("/proc/sys/net/{family}/conf/{ifname}/{}", self.name())
     }
 
     fn name(self) -> &'static str {
@@ -407,10 +406,10 @@ impl Knob {
 }
 
 /// Router advertisements on the ENI: processed (so the router is learned), but neither a
-/// default route nor prefixes into the main table, and the router solicited at once. Set before the link comes up (the kernel solicits an RA as
-/// soon as it is up and its link-local address is usable). Not put back on
-/// removal: the interface leaves with the detach, and a device attached again starts from the
-/// host's defaults.
+/// default route nor prefixes into the main table, and the router solicited at once. Set before
+/// the link comes up (the kernel solicits an RA as soon as it is up and its link-local address
+/// is usable). Not put back on removal: the interface leaves with the detach, and a device
+/// attached again starts from the host's defaults.
 pub(super) async fn ensure_ra_settings(
     handle: &Handle,
     link: &mut LinkState,

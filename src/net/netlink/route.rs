@@ -170,9 +170,10 @@ pub(super) fn is_link_local(v: &Ipv6Addr) -> bool {
 
 /// Deletes from the main table the routes the kernel learned from router advertisements on
 /// `link`: the default (`proto ra`) and the advertised prefixes (`proto kernel` with an expiry,
-/// which no route of an address has). The ENI's `accept_ra_defrtr` and `accept_ra_pinfo` are 0 from the
-/// moment enipeer first sees the link down, but a link something else brought up first may
-/// have learned a default route or a prefix already, which would stay until it expires.
+/// which no route of an address has). The ENI's `accept_ra_defrtr` and `accept_ra_pinfo` are
+/// 0 from the moment enipeer first sees the link down, but a link something else brought up
+/// first may have learned a default route or a prefix already, which would stay until it
+/// expires.
 pub(super) async fn remove_ra_routes(
     handle: &Handle,
     link: &LinkState,
