@@ -154,6 +154,9 @@ fn table_routes(ns: &Netns, table: &str) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|r| {
+            if let Some(shown) = unreachable(r) {
+                return shown;
+            }
             format!(
                 "{} via {} dev {} scope {} src {}",
                 r["dst"].as_str().unwrap(),
@@ -167,6 +170,19 @@ fn table_routes(ns: &Netns, table: &str) -> Vec<String> {
     out.sort();
     out
 }
+
+/// An `unreachable` route (the tables' last resort) as `unreachable <dst> metric <metric>`.
+fn unreachable(r: &serde_json::Value) -> Option<String> {
+    (r["type"].as_str() == Some("unreachable")).then(|| {
+        format!(
+            "unreachable {} metric {}",
+            r["dst"].as_str().unwrap_or("?"),
+            r["metric"]
+        )
+    })
+}
+
+const GUARD: &str = "unreachable default metric 4278198272";
 
 fn assert_plan_in_place(ns: &Netns) {
     assert_eq!(
@@ -185,6 +201,7 @@ fn assert_plan_in_place(ns: &Netns) {
         vec![
             "198.18.1.0/24 via - dev eni0 scope link src 198.18.1.25",
             "default via 198.18.1.1 dev eni0 scope global src 198.18.1.25",
+            GUARD,
         ]
     );
     let link = ns.json(&["link", "show", "dev", "eni0"]);
@@ -408,12 +425,14 @@ fn link_deleted_while_configured_is_reported_and_remove_succeeds() {
     });
     assert_eq!(event, Ok(Some(NetEvent::LinkGone)));
     let removed = removed.unwrap().changed;
-    // Policy rules outlive the link: remove had to delete them.
+    // Policy rules and the table's last resort (on no link) outlive the link: remove had to
+    // delete them.
     assert_eq!(
         removed,
         vec![
             "rule from 198.18.1.25 lookup 10001 priority 10001",
-            "rule from 198.18.1.26 lookup 10001 priority 10001"
+            "rule from 198.18.1.26 lookup 10001 priority 10001",
+            "route unreachable 0.0.0.0/0 metric 4278198272 table 10001"
         ]
     );
     assert_eq!(ns.json(&["rule"]), before_rules);
@@ -458,8 +477,8 @@ fn drift_is_reported_and_repaired() {
     assert_eq!(
         repaired,
         vec![
-            "route default via 198.18.1.1 src 198.18.1.25 table 10001",
             "rule from 198.18.1.25 lookup 10001 priority 10001",
+            "route default via 198.18.1.1 src 198.18.1.25 table 10001",
         ]
     );
     assert!(clean.is_empty(), "{clean:?}");
@@ -845,6 +864,7 @@ fn shared_subnet_eni_leaves_the_main_table_and_the_heartbeat_path_alone() {
         vec![
             "198.18.0.0/24 via - dev eni0 scope link src 198.18.0.25",
             "default via 198.18.0.1 dev eni0 scope global src 198.18.0.25",
+            GUARD,
         ]
     );
     assert!(lab.heartbeat_gets_through(), "with the ENI configured");
@@ -1088,6 +1108,9 @@ fn v6_routes(ns: &Netns, table: &str) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|r| {
+            if let Some(shown) = unreachable(r) {
+                return shown;
+            }
             format!(
                 "{} via {} dev {} src {}",
                 r["dst"].as_str().unwrap_or("?"),
@@ -1192,6 +1215,7 @@ fn dual_stack_eni_gets_ipv6_rules_and_routes_in_its_table_via_the_advertised_rou
         vec![
             "2001:db8:0:1::/64 via - dev eni0 src 2001:db8:0:1::25",
             "default via fe80::1ff:fe23:4567:890a dev eni0 src 2001:db8:0:1::25",
+            GUARD,
         ]
     );
     // The RA neither put a default nor a prefix into the main table, nor an address by SLAAC.
@@ -1258,7 +1282,7 @@ fn removal_that_ignores_ipv6_leaves_the_ipv6_rule_and_routes_behind() {
         v6_rules(&host, "10001"),
         vec!["10001 from 2001:db8:0:1::25/128"]
     );
-    assert_eq!(v6_routes(&host, "10001").len(), 2);
+    assert_eq!(v6_routes(&host, "10001").len(), 3);
     assert_eq!(v6_addrs(&host, "eni0").len(), 1);
 }
 
@@ -1309,6 +1333,143 @@ fn without_router_advertisements_only_the_ipv6_default_route_waits() {
         v6_rules(&host, "10001"),
         vec!["10001 from 2001:db8:0:1::25/128"]
     );
+}
+
+/// `ip route get <dst> from <src>` in `ns`: the route's device, or the kernel's refusal.
+fn route_get(ns: &Netns, dst: &str, src: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns.name(), "route", "get", dst, "from", src])
+        .output()
+        .expect("run ip route get");
+    if !out.status.success() {
+        return String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let dev = words.iter().position(|w| *w == "dev").map(|i| words[i + 1]);
+    format!("dev {}", dev.unwrap_or("?"))
+}
+
+/// A packet from the ENI's address never falls through to the main table (whose defaults go
+/// out of the primary interface, where the VPC's source check drops them): not before the IPv6
+/// router advertised itself, not after the IPv4 default vanished from the ENI's table. The
+/// negative control at the end takes the last-resort routes away: both families then leave
+/// through the primary interface, which is what replies did before this route existed.
+#[test]
+fn a_packet_from_the_eni_never_falls_through_to_the_main_table() {
+    if !is_root() {
+        return;
+    }
+    let (host, _router) = dual_stack_pair();
+    // The primary interface, with the main table's defaults through it.
+    host.ip(&[
+        "link", "add", "prim0", "type", "veth", "peer", "name", "prim1",
+    ]);
+    host.ip(&["link", "set", "prim1", "up"]);
+    host.ip(&["addr", "add", "198.18.0.10/24", "dev", "prim0"]);
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:0:9::10/64",
+        "dev",
+        "prim0",
+        "nodad",
+    ]);
+    host.ip(&["link", "set", "prim0", "up"]);
+    host.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.0.1",
+        "dev",
+        "prim0",
+    ]);
+    host.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:0:9::1",
+        "dev",
+        "prim0",
+    ]);
+    let (v4, v6) = (
+        ("203.0.113.7", "198.18.1.25"),
+        ("2001:db8:0:ff::130", "2001:db8:0:1::25"),
+    );
+    host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        net.apply(&dual_stack_plan()).await.unwrap();
+    });
+
+    assert_eq!(route_get(&host, v4.0, v4.1), "dev eni0");
+    // No router advertisement has come: the IPv6 default waits, and the last resort answers.
+    assert!(!v6_routes(&host, "10001")
+        .iter()
+        .any(|r| r.starts_with("default")));
+    // What the kernel answers for an `unreachable` route (EHOSTUNREACH).
+    let unreachable = "RTNETLINK answers: No route to host";
+    assert_eq!(route_get(&host, v6.0, v6.1), unreachable);
+    host.ip(&[
+        "route",
+        "del",
+        "default",
+        "via",
+        "198.18.1.1",
+        "table",
+        "10001",
+    ]);
+    assert_eq!(
+        route_get(&host, v4.0, v4.1),
+        unreachable,
+        "IPv4 table drift"
+    );
+    // Local delivery is untouched: the local table comes before the ENI's rules.
+    assert_eq!(route_get(&host, v4.1, v4.1), "dev lo");
+
+    // Negative control: without the last resort both fall through to main.
+    host.ip(&[
+        "route",
+        "del",
+        "unreachable",
+        "default",
+        "metric",
+        "4278198272",
+        "table",
+        "10001",
+    ]);
+    host.ip(&[
+        "-6",
+        "route",
+        "del",
+        "unreachable",
+        "default",
+        "metric",
+        "4278198272",
+        "table",
+        "10001",
+    ]);
+    assert_eq!(route_get(&host, v4.0, v4.1), "dev prim0");
+    assert_eq!(route_get(&host, v6.0, v6.1), "dev prim0");
+
+    // A reconcile puts both back, with the IPv4 default.
+    let changed = host.block_on(|| async {
+        let net = NetlinkNet::new(Duration::from_secs(5));
+        net.reconcile(&dual_stack_plan()).await.unwrap().changed
+    });
+    assert_eq!(
+        changed,
+        vec![
+            "route unreachable 0.0.0.0/0 metric 4278198272 table 10001",
+            "route default via 198.18.1.1 src 198.18.1.25 table 10001",
+            "route unreachable ::/0 metric 4278198272 table 10001",
+        ]
+    );
+    assert_eq!(route_get(&host, v4.0, v4.1), "dev eni0");
+    assert_eq!(route_get(&host, v6.0, v6.1), unreachable);
 }
 
 /// With `network.repair = false` the daemon asks only for the routes via the IPv6 router: they

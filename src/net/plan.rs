@@ -29,8 +29,9 @@ pub struct NetPlan {
     /// One `from <ip> lookup <table>` per address, so replies leave through the ENI (AWS drops
     /// packets whose source does not belong to the interface they leave from).
     pub rules: Vec<RuleSpec>,
-    /// In `table`: the subnet on the link, then the default via the subnet gateway; the same
-    /// for IPv6 when the ENI has IPv6 addresses (the default via the router the RAs name).
+    /// In `table`: the subnet on the link, the default via the subnet gateway, then the table's
+    /// last resort (`unreachable default`, see [`Via::Unreachable`]); the same for IPv6 when the
+    /// ENI has IPv6 addresses (the default via the router the RAs name).
     pub routes: Vec<RouteSpec>,
     /// Reverse-path filter for the link; `None` leaves it alone.
     pub rp_filter: Option<u8>,
@@ -73,7 +74,18 @@ pub enum Via {
     /// Through the IPv6 subnet router, whose link-local address is learned from the router
     /// advertisements on the ENI's link (AWS documents no fixed address for it).
     Router,
+    /// Nowhere: `unreachable default metric` [`GUARD_METRIC`], the table's last resort (its
+    /// `src` is not part of the route). Without it a packet from the ENI's address that the
+    /// table has no route for yet (halfway through an apply, before the IPv6 router advertised
+    /// itself, after someone flushed the table) falls through the rule to the main table and
+    /// leaves through the primary interface with the ENI's source, which the VPC drops; with it
+    /// the sender gets `EHOSTUNREACH` and retries. The same device the kernel's VRF documentation
+    /// recommends for a VRF's table, at the same metric.
+    Unreachable,
 }
+
+/// The metric of the tables' last-resort route: far behind every real route.
+pub const GUARD_METRIC: u32 = 4_278_198_272;
 
 impl NetPlan {
     pub fn build(info: &EniInfo, net: &NetworkSettings) -> NetPlan {
@@ -228,8 +240,21 @@ fn ipv4_routes(info: &EniInfo, table: u32) -> Vec<RouteSpec> {
             src,
             table,
         });
+        routes.push(guard(IpAddr::V4(Ipv4Addr::UNSPECIFIED), src, table));
     }
     routes
+}
+
+/// The table's last resort for a family whose table has a default route: without a default,
+/// traffic from the ENI's address is meant to go by the main table.
+fn guard(unspecified: IpAddr, src: IpAddr, table: u32) -> RouteSpec {
+    RouteSpec {
+        dst: unspecified,
+        dst_prefix: 0,
+        via: Via::Unreachable,
+        src,
+        table,
+    }
 }
 
 /// The IPv6 subnet on the link (when its CIDR is known) and the default via the router.
@@ -259,6 +284,7 @@ fn ipv6_routes(info: &EniInfo, table: u32) -> Vec<RouteSpec> {
         src,
         table,
     });
+    routes.push(guard(IpAddr::V6(Ipv6Addr::UNSPECIFIED), src, table));
     routes
 }
 
@@ -293,6 +319,14 @@ impl fmt::Display for RuleSpec {
 
 impl fmt::Display for RouteSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.via == Via::Unreachable {
+            // `0.0.0.0/0` or `::/0` rather than `ip`'s `default`: a change report lists both.
+            return write!(
+                f,
+                "unreachable {}/0 metric {GUARD_METRIC} table {}",
+                self.dst, self.table
+            );
+        }
         if self.dst_prefix == 0 {
             f.write_str("default")?;
         } else {
@@ -302,6 +336,7 @@ impl fmt::Display for RouteSpec {
             Via::Gateway(gw) => write!(f, " via {gw}")?,
             Via::Router => f.write_str(" via <router from RAs>")?,
             Via::Link => f.write_str(" scope link")?,
+            Via::Unreachable => {}
         }
         write!(f, " src {} table {}", self.src, self.table)
     }
@@ -395,6 +430,7 @@ mod tests {
             dst_prefix: p.parse().unwrap(),
             via: match via {
                 Some("router") => Via::Router,
+                Some("unreachable") => Via::Unreachable,
                 Some(gw) => Via::Gateway(gw.parse().unwrap()),
                 None => Via::Link,
             },
@@ -448,8 +484,10 @@ mod tests {
             vec![
                 route("198.18.1.0/24", None, "198.18.1.25", 10001),
                 route("0.0.0.0/0", Some("198.18.1.1"), "198.18.1.25", 10001),
+                route("0.0.0.0/0", Some("unreachable"), "198.18.1.25", 10001),
                 route("2001:db8:0:1::/64", None, "2001:db8:0:1::25", 10001),
                 route("::/0", Some("router"), "2001:db8:0:1::25", 10001),
+                route("::/0", Some("unreachable"), "2001:db8:0:1::25", 10001),
             ]
         );
         assert!(plan.has_ipv6());
@@ -457,17 +495,21 @@ mod tests {
         assert_eq!(v4.addresses, plan.addresses[..1]);
         assert_eq!(v6.addresses, plan.addresses[1..]);
         assert_eq!(v4.rules.len() + v6.rules.len(), plan.rules.len());
-        assert_eq!(v6.routes, plan.routes[2..]);
+        assert_eq!(v4.routes, plan.routes[..3]);
+        assert_eq!(v6.routes, plan.routes[3..]);
         assert_eq!(plan.primary(), Some(ip("198.18.1.25")));
         assert_eq!(plan.gateway(), Some(ip("198.18.1.1")));
         let shown: Vec<String> = plan.routes.iter().map(ToString::to_string).collect();
         assert_eq!(
-            shown[3],
-            "default via <router from RAs> src 2001:db8:0:1::25 table 10001"
+            shown[4..],
+            [
+                "default via <router from RAs> src 2001:db8:0:1::25 table 10001",
+                "unreachable ::/0 metric 4278198272 table 10001"
+            ]
         );
         let router: Ipv6Addr = "fe80::1ff:fe23:4567:890a".parse().unwrap();
         assert_eq!(
-            plan.routes[3].through(router).to_string(),
+            plan.routes[4].through(router).to_string(),
             "default via fe80::1ff:fe23:4567:890a src 2001:db8:0:1::25 table 10001"
         );
         assert_eq!(plan.routes[0].through(router), plan.routes[0]);
@@ -481,8 +523,11 @@ mod tests {
         );
         assert_eq!(plan.addresses[1], addr("2001:db8:0:1::25/128"));
         assert_eq!(
-            plan.routes[2..],
-            [route("::/0", Some("router"), "2001:db8:0:1::25", 10001)]
+            plan.routes[3..],
+            [
+                route("::/0", Some("router"), "2001:db8:0:1::25", 10001),
+                route("::/0", Some("unreachable"), "2001:db8:0:1::25", 10001),
+            ]
         );
     }
 
@@ -519,6 +564,7 @@ mod tests {
                 routes: vec![
                     route("198.18.1.0/24", None, "198.18.1.25", 10001),
                     route("0.0.0.0/0", Some("198.18.1.1"), "198.18.1.25", 10001),
+                    route("0.0.0.0/0", Some("unreachable"), "198.18.1.25", 10001),
                 ],
                 rp_filter: Some(2),
             }
@@ -555,7 +601,7 @@ mod tests {
         );
         // Routes use the primary as source whatever the number of secondaries.
         assert!(plan.routes.iter().all(|r| r.src == ip("198.18.1.25")));
-        assert_eq!(plan.routes.len(), 2);
+        assert_eq!(plan.routes.len(), 3);
     }
 
     #[test]
@@ -570,6 +616,7 @@ mod tests {
             vec![
                 route("198.18.3.32/28", None, "198.18.3.37", 10001),
                 route("0.0.0.0/0", Some("198.18.3.33"), "198.18.3.37", 10001),
+                route("0.0.0.0/0", Some("unreachable"), "198.18.3.37", 10001),
             ]
         );
     }
@@ -587,6 +634,7 @@ mod tests {
             vec![
                 route("198.18.16.0/20", None, "198.18.21.7", 10002),
                 route("0.0.0.0/0", Some("198.18.16.1"), "198.18.21.7", 10002),
+                route("0.0.0.0/0", Some("unreachable"), "198.18.21.7", 10002),
             ]
         );
     }
@@ -621,6 +669,8 @@ mod tests {
         assert_eq!(plan.gateway(), None);
     }
 
+    /// Without a default route in the table, traffic from the ENI's address is meant to go by
+    /// the main table, so there is no last resort either.
     #[test]
     fn slash_31_has_no_default_route() {
         let plan = NetPlan::build(
@@ -652,7 +702,8 @@ mod tests {
         assert_eq!(
             shown(&routes),
             "198.18.1.0/24 scope link src 198.18.1.25 table 10001 | \
-             default via 198.18.1.1 src 198.18.1.25 table 10001"
+             default via 198.18.1.1 src 198.18.1.25 table 10001 | \
+             unreachable 0.0.0.0/0 metric 4278198272 table 10001"
         );
     }
 }

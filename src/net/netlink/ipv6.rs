@@ -10,7 +10,7 @@
 use rtnetlink::Handle;
 
 use super::link::LinkState;
-use super::{addr, route, rule};
+use super::{addr, route};
 use crate::net::plan::Family;
 use crate::net::{NetError, NetPlan};
 
@@ -33,10 +33,10 @@ pub(super) async fn ensure(
 ) -> Result<Ensured, NetError> {
     let mut changed = route::remove_ra_routes(handle, link).await?;
     changed.extend(addr::remove_autoconf(handle, link, &v6.addresses).await?);
+    changed.extend(super::ensure_guarded_rules(handle, link, plan.table, v6).await?);
     changed.extend(addr::ensure_addresses(handle, link, &v6.addresses, false).await?);
     let routes = route::ensure_routes(handle, link.index, plan.table, &v6.routes).await?;
     changed.extend(routes.added);
-    changed.extend(rule::ensure_rules(handle, &v6.rules).await?);
     Ok(Ensured {
         changed,
         via_router: routes.via_router,

@@ -48,6 +48,8 @@ use super::{
     ApplyReport, HostNet, NetError, NetErrorKind, NetEvent, NetObject, NetPlan, ObjectError,
     TeardownError,
 };
+use crate::net::plan::{Family, Via};
+use crate::net::RouteSpec;
 use crate::timeline::Step;
 use link::{LinkState, Memo};
 
@@ -209,7 +211,7 @@ impl NetlinkNet {
         let specs: Vec<_> = plan
             .routes
             .iter()
-            .filter(|r| r.via == crate::net::plan::Via::Router)
+            .filter(|r| r.via == Via::Router)
             .copied()
             .collect();
         let routes = route::ensure_routes(&conn.handle, link.index, plan.table, &specs).await?;
@@ -235,6 +237,7 @@ impl NetlinkNet {
         let (mut changed, ra) = self.ensure_link(handle, plan, &mut link).await?;
         let legacy = self.seam.legacy();
         let v4 = plan.family(false);
+        changed.extend(ensure_guarded_rules(handle, &link, plan.table, &v4).await?);
         changed.extend(addr::ensure_addresses(handle, &link, &v4.addresses, legacy).await?);
         if !legacy {
             // An address added without IFA_F_NOPREFIXROUTE (by an older release) brought its
@@ -244,7 +247,6 @@ impl NetlinkNet {
         // Routes after addresses: the kernel only accepts a `src` that is a local address.
         let routes = route::ensure_routes(handle, link.index, plan.table, &v4.routes).await?;
         changed.extend(routes.added);
-        changed.extend(rule::ensure_rules(handle, &v4.rules).await?);
         let mut out = Ensured {
             changed,
             ..Ensured::default()
@@ -334,6 +336,29 @@ impl NetlinkNet {
             steps: vec![Step::now("net: plan removed")],
         })
     }
+}
+
+/// The table's last resort, then the rules of family `f`, so that from the moment its
+/// addresses exist a packet from them either finds its route in the ENI's table or fails on the
+/// host: it never falls through to the main table and out of the primary interface. (A rule
+/// needs no local address; a route's `src` does, so the other routes come after the addresses.)
+async fn ensure_guarded_rules(
+    handle: &Handle,
+    link: &LinkState,
+    table: u32,
+    f: &Family,
+) -> Result<Vec<String>, NetError> {
+    let guard: Vec<RouteSpec> = f
+        .routes
+        .iter()
+        .filter(|r| r.via == Via::Unreachable)
+        .copied()
+        .collect();
+    let mut changed = route::ensure_routes(handle, link.index, table, &guard)
+        .await?
+        .added;
+    changed.extend(rule::ensure_rules(handle, &f.rules).await?);
+    Ok(changed)
 }
 
 /// A fresh netlink socket and the plan's link, which must be here already (`link-gone` if not):

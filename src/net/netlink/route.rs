@@ -7,6 +7,11 @@
 //! `router`) even though the ENI's `accept_ra_defrtr` is 0, which keeps the kernel's own default
 //! route out of the main table. Until an RA has arrived that route waits; the watch asks for a
 //! reconcile when the router appears ([`super::watch`]).
+//!
+//! Each table with a default route also gets a last resort, `unreachable default` at
+//! [`GUARD_METRIC`] (see [`Via::Unreachable`]): it is added before the rules and addresses, so
+//! that no packet with the ENI's source ever leaves through another link, not even halfway
+//! through an apply.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -20,7 +25,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::link::LinkState;
 use super::{is_gone, nl_error, no_family, Teardown};
-use crate::net::plan::Via;
+use crate::net::plan::{Via, GUARD_METRIC};
 use crate::net::{AddrSpec, NetError, NetErrorKind, NetObject, RouteSpec};
 
 /// The kernel's main table (`RT_TABLE_MAIN`).
@@ -292,6 +297,9 @@ fn route_matches(r: &RouteMessage, spec: &RouteSpec, oif: Option<u32>) -> bool {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     };
+    if spec.via == Via::Unreachable {
+        return r.header.address_family == family && is_guard(r, spec.table);
+    }
     let unspecified = match spec.dst {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -309,6 +317,7 @@ fn route_matches(r: &RouteMessage, spec: &RouteSpec, oif: Option<u32>) -> bool {
         Via::Link => gw.is_none(),
         Via::Gateway(want) => gw == Some(want),
         Via::Router => gw.is_some(),
+        Via::Unreachable => false,
     };
     let src = route_ip(r, |a| match a {
         RouteAttribute::PrefSource(s) => Some(s),
@@ -328,9 +337,29 @@ fn route_matches(r: &RouteMessage, spec: &RouteSpec, oif: Option<u32>) -> bool {
         && oif.is_none_or(|o| route_oif == Some(o))
 }
 
-/// The message that adds `spec` (whose via is a concrete gateway or the link) on `oif`; `None`
-/// for a spec that mixes address families, which [`crate::net::plan`] never builds.
+/// A table's last resort: an `unreachable` default at [`GUARD_METRIC`], on no link (IPv6 lists
+/// it on `lo`) and without a source.
+fn is_guard(r: &RouteMessage, table: u32) -> bool {
+    let metric = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Priority(m) => Some(*m),
+        _ => None,
+    });
+    r.header.kind == RouteType::Unreachable
+        && route_table(r) == table
+        && r.header.destination_prefix_length == 0
+        && metric == Some(GUARD_METRIC)
+}
+
+/// The message that adds `spec` (whose via is a concrete gateway, the link or nowhere) on
+/// `oif`; `None` for a spec that mixes address families, which [`crate::net::plan`] never
+/// builds.
 fn route_message(spec: &RouteSpec, oif: u32) -> Option<RouteMessage> {
+    if spec.via == Via::Unreachable {
+        return Some(match spec.dst {
+            IpAddr::V4(_) => guard_message(RouteMessageBuilder::<Ipv4Addr>::new(), spec.table),
+            IpAddr::V6(_) => guard_message(RouteMessageBuilder::<Ipv6Addr>::new(), spec.table),
+        });
+    }
     match (spec.dst, spec.src, spec.via) {
         (IpAddr::V4(dst), IpAddr::V4(src), via) => {
             let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -342,7 +371,7 @@ fn route_message(spec: &RouteSpec, oif: u32) -> Option<RouteMessage> {
             }
             Some(match via {
                 Via::Gateway(IpAddr::V4(gw)) => b.gateway(gw).build(),
-                Via::Gateway(IpAddr::V6(_)) => return None,
+                Via::Gateway(IpAddr::V6(_)) | Via::Unreachable => return None,
                 Via::Link | Via::Router => b.scope(RouteScope::Link).build(),
             })
         }
@@ -357,12 +386,19 @@ fn route_message(spec: &RouteSpec, oif: u32) -> Option<RouteMessage> {
             }
             Some(match via {
                 Via::Gateway(IpAddr::V6(gw)) => b.gateway(gw).build(),
-                Via::Gateway(IpAddr::V4(_)) => return None,
+                Via::Gateway(IpAddr::V4(_)) | Via::Unreachable => return None,
                 Via::Link | Via::Router => b.build(),
             })
         }
         _ => None,
     }
+}
+
+fn guard_message<T>(b: RouteMessageBuilder<T>, table: u32) -> RouteMessage {
+    b.table_id(table)
+        .kind(RouteType::Unreachable)
+        .priority(GUARD_METRIC)
+        .build()
 }
 
 #[cfg(test)]
@@ -426,5 +462,49 @@ mod tests {
         let msg = route_message(&on_link, 7).unwrap();
         assert!(route_matches(&msg, &on_link, Some(7)));
         assert!(!route_matches(&msg, &spec, Some(7)));
+    }
+
+    #[test]
+    fn the_last_resort_is_on_no_link_and_matches_only_itself() {
+        let v4 = RouteSpec {
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst_prefix: 0,
+            via: Via::Unreachable,
+            src: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 25)),
+            table: 10001,
+        };
+        let v6 = RouteSpec {
+            dst: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            src: IpAddr::V6("2001:db8:0:1::25".parse().unwrap()),
+            ..v4
+        };
+        for spec in [v4, v6] {
+            let msg = route_message(&spec, 7).unwrap();
+            assert_eq!(msg.header.kind, RouteType::Unreachable);
+            assert!(!msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(_) | RouteAttribute::PrefSource(_))));
+            // Whatever link the kernel lists it on (IPv6: `lo`).
+            assert!(route_matches(&msg, &spec, Some(1)));
+            assert!(route_matches(&msg, &spec, None));
+            assert!(!route_matches(
+                &msg,
+                &RouteSpec {
+                    table: 10002,
+                    ..spec
+                },
+                None
+            ));
+        }
+        let guard = route_message(&v4, 7).unwrap();
+        assert!(!route_matches(&guard, &v6, None), "families never mix");
+        let default = RouteSpec {
+            via: Via::Gateway(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1))),
+            ..v4
+        };
+        assert!(!route_matches(&guard, &default, Some(7)));
+        let msg = route_message(&default, 7).unwrap();
+        assert!(!route_matches(&msg, &v4, Some(7)), "a default is no guard");
     }
 }
