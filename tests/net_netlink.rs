@@ -1431,27 +1431,12 @@ fn a_packet_from_the_eni_never_falls_through_to_the_main_table() {
     assert_eq!(route_get(&host, v4.1, v4.1), "dev lo");
 
     // Negative control: without the last resort both fall through to main.
-    host.ip(&[
-        "route",
-        "del",
-        "unreachable",
-        "default",
-        "metric",
-        "4278198272",
-        "table",
-        "10001",
-    ]);
-    host.ip(&[
-        "-6",
-        "route",
-        "del",
-        "unreachable",
-        "default",
-        "metric",
-        "4278198272",
-        "table",
-        "10001",
-    ]);
+    for family in ["-4", "-6"] {
+        let guard = "unreachable default metric 4278198272 table 10001";
+        let mut args = vec![family, "route", "del"];
+        args.extend(guard.split(' '));
+        host.ip(&args);
+    }
     assert_eq!(route_get(&host, v4.0, v4.1), "dev prim0");
     assert_eq!(route_get(&host, v6.0, v6.1), "dev prim0");
 

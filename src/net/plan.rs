@@ -84,6 +84,11 @@ pub enum Via {
     Unreachable,
 }
 
+/// The routes of `routes` that go `via` (a kind of route, for the adapter's steps).
+pub fn routes_via(routes: &[RouteSpec], via: Via) -> Vec<RouteSpec> {
+    routes.iter().filter(|r| r.via == via).copied().collect()
+}
+
 /// The metric of the tables' last-resort route: far behind every real route.
 pub const GUARD_METRIC: u32 = 4_278_198_272;
 

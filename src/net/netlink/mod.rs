@@ -48,8 +48,7 @@ use super::{
     ApplyReport, HostNet, NetError, NetErrorKind, NetEvent, NetObject, NetPlan, ObjectError,
     TeardownError,
 };
-use crate::net::plan::{Family, Via};
-use crate::net::RouteSpec;
+use crate::net::plan::{routes_via, Family, Via};
 use crate::timeline::Step;
 use link::{LinkState, Memo};
 
@@ -208,12 +207,7 @@ impl NetlinkNet {
 
     async fn do_add_router_routes(&self, plan: &NetPlan) -> Result<ApplyReport, NetError> {
         let (conn, link) = link_here(plan).await?;
-        let specs: Vec<_> = plan
-            .routes
-            .iter()
-            .filter(|r| r.via == Via::Router)
-            .copied()
-            .collect();
+        let specs = routes_via(&plan.routes, Via::Router);
         let routes = route::ensure_routes(&conn.handle, link.index, plan.table, &specs).await?;
         let router_routes =
             self.arrivals(&plan.mac, routes.via_router.clone(), routes.router_in_place);
@@ -348,12 +342,7 @@ async fn ensure_guarded_rules(
     table: u32,
     f: &Family,
 ) -> Result<Vec<String>, NetError> {
-    let guard: Vec<RouteSpec> = f
-        .routes
-        .iter()
-        .filter(|r| r.via == Via::Unreachable)
-        .copied()
-        .collect();
+    let guard = routes_via(&f.routes, Via::Unreachable);
     let mut changed = route::ensure_routes(handle, link.index, table, &guard)
         .await?
         .added;
