@@ -244,7 +244,7 @@ impl HealthReport {
                 if c.counts {
                     ""
                 } else {
-                    " (not counted: not master)"
+                    " (runs only while master: the address is the master's)"
                 },
                 c.last_error
                     .as_deref()

@@ -179,7 +179,8 @@ pub const TABLES: &[TableDoc] = &[
         name: "check",
         array: true,
         required: false,
-        doc: "Service health checks, at most 16, run on every node off the heartbeat loop. A check \
+        doc: "Service health checks, at most 16, run off the heartbeat loop: on the master for a \
+              check on the ENI's address (the default host), on every node otherwise. A check \
               that fails `fall` times in a row marks the node unhealthy; `rise` passes in a row \
               make it healthy again. With at least one check, a backup also probes the service \
               through the ENI's address and takes over only when heartbeats are silent and that \

@@ -1,17 +1,22 @@
 //! Which checks run where, and what their reports mean for the core.
 //!
-//! Every `[[check]]` runs on every node as an *own* check against its target. A check whose
-//! target is the ENI's address (the default) tells about this node's own service only while it
-//! is master (only then is the address here); on a backup its answers come from whoever holds
-//! the ENI, so there it does not count for the backup's own health. Checks with an explicit host
-//! and exec checks always count.
+//! Every `[[check]]` is an *own* check against its target. A check whose target is the ENI's
+//! address (the default) tells about this node's own service only while it is master (only then
+//! is the address here); on a backup its answers would come from whoever holds the ENI, so it
+//! runs only on a master. Checks with an explicit host and exec checks run, and count,
+//! everywhere.
 //!
-//! The first http or tcp check also runs as the *corroborating probe*: the same definition
-//! against the ENI's address from this node's primary address, the way clients reach the
-//! service. Its raw results go to the core, which counts them against a holder's silence. It runs
-//! at the check's interval while heartbeats flow and is poked at the heartbeat cadence once they
-//! are late ([`Supervisor::poke_through_eni`]), with a timeout no longer than the heartbeat
-//! interval, so that `fall` fresh failures are known by the time the dead interval ends.
+//! The first http or tcp check also runs as the *corroborating probe* on every node that is not
+//! master: the same definition against the ENI's address from this node's primary address, the
+//! way clients reach the service. Its raw results go to the core, which counts them against a
+//! holder's silence (a master has no holder to corroborate). It runs at the check's interval
+//! while heartbeats flow and is poked at the heartbeat cadence once they are late
+//! ([`Supervisor::poke_through_eni`]), with a timeout no longer than the heartbeat interval, so
+//! that `fall` fresh failures are known by the time the dead interval ends.
+//!
+//! So each node sends the service one probe per interval, not two: a backup's own probe of the
+//! ENI's address would only repeat the corroborating one, and a master's corroborating probe
+//! its own check.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -132,14 +137,24 @@ impl Supervisor {
             o.restart();
         }
         self.start_own();
-        if let Some(c) = &self.through_eni {
-            let target = ProbeTarget {
-                ip: eni,
-                source: self.primary,
-            };
-            let handle = spawn(THROUGH_ENI, c.clone(), target, self.reports.clone());
-            self.through_eni_handle = Some(handle);
+        self.through_eni_handle = None;
+        self.start_through_eni();
+    }
+
+    /// The corroborating probe, on a node that is not master and knows the ENI's address.
+    fn start_through_eni(&mut self) {
+        let (Some(c), Some(eni)) = (&self.through_eni, self.eni) else {
+            return;
+        };
+        if self.master || self.through_eni_handle.is_some() {
+            return;
         }
+        let target = ProbeTarget {
+            ip: eni,
+            source: self.primary,
+        };
+        let handle = spawn(THROUGH_ENI, c.clone(), target, self.reports.clone());
+        self.through_eni_handle = Some(handle);
     }
 
     fn start_own(&mut self) {
@@ -149,8 +164,10 @@ impl Supervisor {
             }
             let target = match (o.check.probe.host(), self.eni) {
                 (Some(CheckHost::Ip(ip)), _) => ProbeTarget { ip, source: None },
-                (Some(CheckHost::EniAddress), Some(eni)) => ProbeTarget::of_check(&o.check, eni),
-                (Some(CheckHost::EniAddress), None) => continue,
+                (Some(CheckHost::EniAddress), Some(eni)) if self.master => {
+                    ProbeTarget::of_check(&o.check, eni)
+                }
+                (Some(CheckHost::EniAddress), _) => continue,
                 // Exec probes are told the ENI's address when it is known.
                 (None, eni) => ProbeTarget {
                     ip: eni
@@ -169,12 +186,26 @@ impl Supervisor {
     /// answered by the previous holder, and a holder that died (the very reason for a
     /// failover) left them failing. Counting that history would make the new master judge
     /// itself unhealthy and hand the ENI straight back to the node that just failed.
+    ///
+    /// A node that stops being master stops those checks (their answers would come from the
+    /// next holder) and starts the corroborating probe, which a master does without.
     pub fn set_master(&mut self, master: bool) -> Option<Verdict> {
-        if master && !self.master {
-            self.restart_eni_checks();
-        }
+        let was = self.master;
         self.awaiting_network = master;
         self.master = master;
+        match (was, master) {
+            (false, true) => {
+                self.through_eni_handle = None;
+                self.restart_eni_checks();
+            }
+            (true, false) => {
+                for o in self.own.iter_mut().filter(|o| o.targets_eni()) {
+                    o.restart();
+                }
+                self.start_through_eni();
+            }
+            _ => {}
+        }
         self.recompute()
     }
 
@@ -406,6 +437,39 @@ mod tests {
         assert!(s.on_report(&later).is_some());
         assert_eq!(s.network_applied(), None, "only once per mastership");
         assert!(s.views()[0].state == HealthState::Down);
+    }
+
+    /// One probe of the service per node and interval: the ENI's own checks only on a master,
+    /// the corroborating probe only on the others. (The ENI's address here is loopback: these
+    /// probes really run.)
+    #[tokio::test]
+    async fn each_node_probes_the_service_once() {
+        let mut s = supervisor(&[
+            http(CheckHost::EniAddress, "web"),
+            http(CheckHost::Ip(LOOPBACK), "local"),
+        ]);
+        let running = |s: &Supervisor| {
+            let own: Vec<bool> = s.own.iter().map(|o| o.handle.is_some()).collect();
+            (own, s.through_eni_handle.is_some())
+        };
+        assert_eq!(
+            running(&s),
+            (vec![false, true], false),
+            "no ENI address yet"
+        );
+        s.eni_known(LOOPBACK);
+        assert_eq!(running(&s), (vec![false, true], true), "backup");
+        s.set_master(true);
+        assert_eq!(running(&s), (vec![true, true], false), "master");
+        s.network_applied();
+        assert_eq!(
+            running(&s),
+            (vec![true, true], false),
+            "master, network applied"
+        );
+        s.set_master(false);
+        assert_eq!(running(&s), (vec![false, true], true), "backup again");
+        assert_eq!(s.views()[0].state, HealthState::Unknown);
     }
 
     #[test]
