@@ -27,6 +27,7 @@ mod signals;
 mod startup;
 #[cfg(test)]
 mod tests;
+mod timer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -293,6 +294,8 @@ struct Daemon {
     /// The metrics endpoint (`None` only before the loop starts), moved by a reload.
     scrape: Option<scrape::Scrape>,
     watchdog: signals::Watchdog,
+    /// The loop's deadline timer, made when the loop starts (it needs the runtime).
+    deadline: Option<timer::Deadline>,
     /// Test seam for the lab's negative control ([`early_hook_seam`]): the on-master hook runs
     /// at the transition, before the host network, as it did before issue 10.
     early_hook: EarlyHook,
@@ -508,6 +511,7 @@ impl Daemon {
             config_path: None,
             scrape: None,
             watchdog,
+            deadline: None,
             early_hook: early_hook_seam(),
         }
     }
@@ -522,6 +526,11 @@ impl Daemon {
             "enipeer started"
         );
         signals::notify(&[NotifyState::Ready, NotifyState::Status("starting")]);
+        self.deadline = timer::Deadline::new()
+            .map_err(
+                |e| tracing::debug!(error = %e, "no timerfd; the loop sleeps on tokio's timer"),
+            )
+            .ok();
         let actions = self.node.start(Duration::ZERO);
         self.execute(actions).await;
         let mut stop_deadline: Option<Instant> = None;
@@ -573,7 +582,7 @@ impl Daemon {
     async fn wait(&mut self, inbox: &mut Inbox, wake: Instant, stopping: Option<Instant>) -> Wake {
         let hard_stop = stopping.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = tokio::time::sleep_until(wake) => Wake::Tick,
+            () = timer::sleep_until(self.deadline.as_ref(), wake) => Wake::Tick,
             r = self.peer.recv() => Wake::Peer(r),
             Some(done) = inbox.done.recv() => Wake::Done(done),
             Some(inc) = inbox.control.recv() => Wake::Control(inc),
