@@ -69,6 +69,19 @@ impl Agent {
         }
     }
 
+    /// Heartbeats per second between the two nodes while idle: both enipeer nodes send one per
+    /// interval; only keepalived's master advertises.
+    fn pair_heartbeats_per_s(self) -> f64 {
+        match self {
+            Agent::Enipeer(i, _) => {
+                2.0 / humantime::parse_duration(i)
+                    .unwrap_or(Duration::from_millis(200))
+                    .as_secs_f64()
+            }
+            Agent::Keepalived(a) => 1.0 / a,
+        }
+    }
+
     /// One heartbeat cycle's worth of time in which the fault may land: enipeer's dead interval
     /// (as `measure` in tests/e2e.rs), keepalived's advertisement interval.
     fn cycle(self) -> Duration {
@@ -214,7 +227,22 @@ fn indent(s: &str) -> String {
 struct ProcStat {
     rss_kb: u64,
     pss_kb: u64,
-    cpu_ticks: u64,
+    /// CPU time, user and system: the sum of the threads' run time the scheduler keeps
+    /// (`/proc/PID/task/*/schedstat`, ns), not the 10 ms ticks of `/proc/PID/stat`, which over a
+    /// minute cannot tell keepalived's few milliseconds from nothing.
+    cpu_ns: u64,
+}
+
+/// The run time of `pid`'s threads, in ns.
+fn cpu_ns(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn kb_field(text: &str, key: &str) -> u64 {
@@ -227,17 +255,10 @@ fn kb_field(text: &str, key: &str) -> u64 {
 
 fn proc_stat(pid: i32) -> ProcStat {
     let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
-    let stat = read("stat");
-    // utime and stime are fields 14 and 15; the command name before them may hold spaces.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
     ProcStat {
         rss_kb: kb_field(&read("status"), "VmRSS:"),
         pss_kb: kb_field(&read("smaps_rollup"), "Pss:"),
-        cpu_ticks: f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0),
+        cpu_ns: cpu_ns(pid),
     }
 }
 
@@ -249,7 +270,7 @@ pub struct Idle {
     pub processes: usize,
     pub rss_kb: u64,
     pub pss_kb: u64,
-    pub cpu_ms: u64,
+    pub cpu_ns: u64,
     pub window: Duration,
 }
 
@@ -265,24 +286,22 @@ fn idle(lab: &mut Lab, agent: Agent, window: Duration) -> Vec<Idle> {
     let pids: Vec<Vec<i32>> = Side::BOTH.iter().map(|s| pids(*s)).collect();
     let before: Vec<u64> = pids
         .iter()
-        .map(|p| p.iter().map(|p| proc_stat(*p).cpu_ticks).sum())
+        .map(|p| p.iter().map(|p| proc_stat(*p).cpu_ns).sum())
         .collect();
     std::thread::sleep(window);
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
     let out = Side::BOTH
         .iter()
         .enumerate()
         .map(|(i, side)| {
             let now: Vec<ProcStat> = pids[i].iter().map(|p| proc_stat(*p)).collect();
-            let ticks: u64 = now.iter().map(|s| s.cpu_ticks).sum();
+            let ns: u64 = now.iter().map(|s| s.cpu_ns).sum();
             Idle {
                 agent,
                 side: *side,
                 processes: now.len(),
                 rss_kb: now.iter().map(|s| s.rss_kb).sum(),
                 pss_kb: now.iter().map(|s| s.pss_kb).sum(),
-                cpu_ms: ticks.saturating_sub(before[i]) * 1000 / hz,
+                cpu_ns: ns.saturating_sub(before[i]),
                 window,
             }
         })
@@ -444,16 +463,30 @@ fn report(env: &str, runs: &[Run], idle: &[Idle], took: Duration) -> String {
         idle.first().map(|i| i.window.as_secs_f64()).unwrap_or(0.0)
     );
     for i in idle {
+        let ms = i.cpu_ns as f64 / 1e6;
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.1} MiB | {:.1} MiB | {} ms ({:.2} %) |",
+            "| {} | {} | {} | {:.1} MiB | {:.1} MiB | {:.1} ms ({:.3} %) |",
             i.agent.label(),
             i.side.name(),
             i.processes,
             i.rss_kb as f64 / 1024.0,
             i.pss_kb as f64 / 1024.0,
-            i.cpu_ms,
-            i.cpu_ms as f64 / 10.0 / i.window.as_secs_f64()
+            ms,
+            ms / 10.0 / i.window.as_secs_f64()
+        );
+    }
+    let _ = writeln!(t);
+    for first in idle.iter().filter(|i| i.side == A) {
+        let agent = first.agent;
+        let ns: u64 = idle.iter().filter(|i| i.agent == agent).map(|i| i.cpu_ns).sum();
+        let beats = agent.pair_heartbeats_per_s() * first.window.as_secs_f64();
+        let _ = writeln!(
+            t,
+            "{}: {:.0} µs of CPU per heartbeat, both nodes together ({:.0} heartbeats/s between them)",
+            agent.label(),
+            ns as f64 / 1e3 / beats.max(1.0),
+            agent.pair_heartbeats_per_s()
         );
     }
     t
