@@ -479,11 +479,15 @@ fn report(env: &str, runs: &[Run], idle: &[Idle], took: Duration) -> String {
     let _ = writeln!(t);
     for first in idle.iter().filter(|i| i.side == A) {
         let agent = first.agent;
-        let ns: u64 = idle.iter().filter(|i| i.agent == agent).map(|i| i.cpu_ns).sum();
+        let ns: u64 = idle
+            .iter()
+            .filter(|i| i.agent == agent)
+            .map(|i| i.cpu_ns)
+            .sum();
         let beats = agent.pair_heartbeats_per_s() * first.window.as_secs_f64();
         let _ = writeln!(
             t,
-            "{}: {:.0} µs of CPU per heartbeat, both nodes together ({:.0} heartbeats/s between them)",
+            "- {}: {:.0} µs of CPU per heartbeat, both nodes together ({:.0} heartbeats per second between them)",
             agent.label(),
             ns as f64 / 1e3 / beats.max(1.0),
             agent.pair_heartbeats_per_s()
