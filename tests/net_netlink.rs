@@ -1215,8 +1215,8 @@ fn dual_stack_eni_gets_ipv6_rules_and_routes_in_its_table_via_the_advertised_rou
         vec![
             "2001:db8:0:1::/64 via - dev eni0 src 2001:db8:0:1::25",
             "default via fe80::1ff:fe23:4567:890a dev eni0 src 2001:db8:0:1::25",
-            GUARD,
-        ]
+        ],
+        "the IPv6 last resort goes once the router is known"
     );
     // The RA neither put a default nor a prefix into the main table, nor an address by SLAAC.
     assert_eq!(v6_main_routes_on(&host, "eni0"), Vec::<String>::new());
@@ -1282,7 +1282,7 @@ fn removal_that_ignores_ipv6_leaves_the_ipv6_rule_and_routes_behind() {
         v6_rules(&host, "10001"),
         vec!["10001 from 2001:db8:0:1::25/128"]
     );
-    assert_eq!(v6_routes(&host, "10001").len(), 3);
+    assert_eq!(v6_routes(&host, "10001").len(), 2);
     assert_eq!(v6_addrs(&host, "eni0").len(), 1);
 }
 
@@ -1326,7 +1326,10 @@ fn without_router_advertisements_only_the_ipv6_default_route_waits() {
     );
     assert_eq!(
         later,
-        vec!["route default via fe80::1ff:fe23:4567:890a src 2001:db8:0:1::25 table 10001"]
+        vec![
+            "route default via fe80::1ff:fe23:4567:890a src 2001:db8:0:1::25 table 10001",
+            "route unreachable ::/0 metric 4278198272 table 10001 removed: the router is known"
+        ]
     );
     assert_plan_in_place(&host);
     assert_eq!(
@@ -1496,7 +1499,10 @@ fn adding_router_routes_repairs_nothing_else() {
     });
     assert_eq!(
         added.router_routes,
-        vec!["route default via fe80::1ff:fe23:4567:890a src 2001:db8:0:1::25 table 10001"]
+        vec![
+            "route default via fe80::1ff:fe23:4567:890a src 2001:db8:0:1::25 table 10001",
+            "route unreachable ::/0 metric 4278198272 table 10001 removed: the router is known"
+        ]
     );
     assert_eq!(added.changed, added.router_routes);
     assert_eq!(

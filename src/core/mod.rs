@@ -78,6 +78,10 @@ pub struct Node {
     health: OwnHealth,
     /// The corroborating probe through the ENI's address (what a backup asks before a takeover).
     probe: ProbeHistory,
+    /// Probes sent before this are forgotten: set on becoming master, where the probe does not
+    /// run, so that a later backup judges a silent holder by fresh probes only, never by the
+    /// failures that led to its own takeover.
+    probe_since: Time,
     alerts: AlertPacer,
     /// After a stall of this node's own loop, no peer is judged dead before this.
     judge_after: Time,
@@ -106,6 +110,7 @@ impl Node {
             stopping: None,
             health: OwnHealth::new(now),
             probe: ProbeHistory::default(),
+            probe_since: Time::ZERO,
             alerts: AlertPacer::default(),
             judge_after: now,
             maintenance: cfg.maintenance.clone(),
@@ -280,7 +285,8 @@ impl Node {
             }
             Event::Stop { handover } => self.on_stop(handover, now, &mut out),
             Event::Health { healthy, detail } => self.on_health(healthy, detail, now, &mut out),
-            Event::EniProbe { sent, ok } => self.probe.record(sent, ok),
+            Event::EniProbe { sent, ok } if sent >= self.probe_since => self.probe.record(sent, ok),
+            Event::EniProbe { .. } => {}
             Event::Maintenance {
                 on,
                 reason,
@@ -420,6 +426,10 @@ impl Node {
         self.state = to;
         if from != to_role {
             self.role_since = now;
+            if to_role == Role::Master {
+                self.probe = ProbeHistory::default();
+                self.probe_since = now;
+            }
             self.last_transition = Some(Transition {
                 from,
                 to: to_role,

@@ -803,3 +803,48 @@ fn a_master_that_cannot_apply_its_host_network_never_starts_the_master_hook() {
         }
     )));
 }
+
+/// The corroborating probe does not run on a master: what it said before this node took over
+/// (the failures that corroborated the takeover) must not count once it is backup again, nor
+/// may a report that was on its way when it became master.
+#[test]
+fn probe_failures_from_before_a_mastership_are_forgotten() {
+    let mut a = node_a();
+    a.start(ms(0));
+    for sent in [1, 2, 3] {
+        a.handle(
+            Event::EniProbe {
+                sent: ms(sent),
+                ok: false,
+            },
+            ms(5),
+        );
+    }
+    assert_eq!(a.probe().fails, 3);
+    a.handle(
+        Event::CloudState(Ok(CloudView::Holder(A.parse().unwrap()))),
+        ms(10),
+    );
+    assert_eq!(a.role(), Role::Master);
+    assert_eq!(a.probe(), &ProbeHistory::default());
+    a.handle(
+        Event::EniProbe {
+            sent: ms(4),
+            ok: false,
+        },
+        ms(12),
+    );
+    assert_eq!(
+        a.probe().fails,
+        0,
+        "a report sent before the mastership counted"
+    );
+    a.handle(
+        Event::EniProbe {
+            sent: ms(20),
+            ok: false,
+        },
+        ms(21),
+    );
+    assert_eq!(a.probe().fails, 1);
+}

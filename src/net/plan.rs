@@ -80,7 +80,9 @@ pub enum Via {
     /// itself, after someone flushed the table) falls through the rule to the main table and
     /// leaves through the primary interface with the ENI's source, which the VPC drops; with it
     /// the sender gets `EHOSTUNREACH` and retries. The same device the kernel's VRF documentation
-    /// recommends for a VRF's table, at the same metric.
+    /// recommends for a VRF's table, at the same metric. The IPv6 one stays only until the router
+    /// is known (see `is_ipv6_guard` in the netlink adapter): IPv6 lookups would otherwise prefer
+    /// it over a router whose neighbour entry has failed.
     Unreachable,
 }
 

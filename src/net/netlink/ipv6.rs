@@ -33,13 +33,16 @@ pub(super) async fn ensure(
 ) -> Result<Ensured, NetError> {
     let mut changed = route::remove_ra_routes(handle, link).await?;
     changed.extend(addr::remove_autoconf(handle, link, &v6.addresses).await?);
-    changed.extend(super::ensure_guarded_rules(handle, link, plan.table, v6).await?);
+    let guarded = super::ensure_guarded_rules(handle, link, plan.table, v6).await?;
+    changed.extend(guarded.added);
     changed.extend(addr::ensure_addresses(handle, link, &v6.addresses, false).await?);
     let routes = route::ensure_routes(handle, link.index, plan.table, &v6.routes).await?;
     changed.extend(routes.added);
+    let mut via_router = guarded.via_router;
+    via_router.extend(routes.via_router);
     Ok(Ensured {
         changed,
-        via_router: routes.via_router,
+        via_router,
         router_in_place: routes.router_in_place,
     })
 }

@@ -207,7 +207,9 @@ impl NetlinkNet {
 
     async fn do_add_router_routes(&self, plan: &NetPlan) -> Result<ApplyReport, NetError> {
         let (conn, link) = link_here(plan).await?;
-        let specs = routes_via(&plan.routes, Via::Router);
+        let mut specs = routes_via(&plan.routes, Via::Router);
+        // The IPv6 last resort goes once the router is known (see `route::ensure_routes`).
+        specs.extend(routes_via(&plan.family(true).routes, Via::Unreachable));
         let routes = route::ensure_routes(&conn.handle, link.index, plan.table, &specs).await?;
         let router_routes =
             self.arrivals(&plan.mac, routes.via_router.clone(), routes.router_in_place);
@@ -231,7 +233,11 @@ impl NetlinkNet {
         let (mut changed, ra) = self.ensure_link(handle, plan, &mut link).await?;
         let legacy = self.seam.legacy();
         let v4 = plan.family(false);
-        changed.extend(ensure_guarded_rules(handle, &link, plan.table, &v4).await?);
+        changed.extend(
+            ensure_guarded_rules(handle, &link, plan.table, &v4)
+                .await?
+                .added,
+        );
         changed.extend(addr::ensure_addresses(handle, &link, &v4.addresses, legacy).await?);
         if !legacy {
             // An address added without IFA_F_NOPREFIXROUTE (by an older release) brought its
@@ -336,18 +342,19 @@ impl NetlinkNet {
 /// addresses exist a packet from them either finds its route in the ENI's table or fails on the
 /// host: it never falls through to the main table and out of the primary interface. (A rule
 /// needs no local address; a route's `src` does, so the other routes come after the addresses.)
+/// (For IPv6 the last resort stays only until the router is known; taking it out then is
+/// part of the router's arrival, in `via_router`.)
 async fn ensure_guarded_rules(
     handle: &Handle,
     link: &LinkState,
     table: u32,
     f: &Family,
-) -> Result<Vec<String>, NetError> {
+) -> Result<route::Added, NetError> {
     let guard = routes_via(&f.routes, Via::Unreachable);
-    let mut changed = route::ensure_routes(handle, link.index, table, &guard)
-        .await?
-        .added;
-    changed.extend(rule::ensure_rules(handle, &f.rules).await?);
-    Ok(changed)
+    let mut done = route::ensure_routes(handle, link.index, table, &guard).await?;
+    done.added
+        .extend(rule::ensure_rules(handle, &f.rules).await?);
+    Ok(done)
 }
 
 /// A fresh netlink socket and the plan's link, which must be here already (`link-gone` if not):

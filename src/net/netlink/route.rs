@@ -97,7 +97,10 @@ pub(super) async fn ensure_routes(
     specs: &[RouteSpec],
 ) -> Result<Added, NetError> {
     let routes = table_routes(handle, table, has_ipv6(specs)).await?;
-    let wants_router = specs.iter().any(|s| s.via == Via::Router);
+    let wants_router = specs
+        .iter()
+        .any(|s| s.via == Via::Router || is_ipv6_guard(s));
+    let has_router_route = specs.iter().any(|s| s.via == Via::Router);
     let router = match wants_router {
         true => ipv6_router(handle, oif).await?,
         false => None,
@@ -113,6 +116,16 @@ pub(super) async fn ensure_routes(
                 continue;
             }
             (Via::Router, Some(r)) => spec.through(r),
+            (Via::Unreachable, Some(_)) if spec.dst.is_ipv6() => {
+                // Taken out only after the route via the router (before it in the plan) is
+                // in, never on its own: not a moment without either.
+                if has_router_route {
+                    let what = remove_ipv6_guard(handle, &routes, spec).await?;
+                    out.via_router.extend(what.clone());
+                    out.added.extend(what);
+                }
+                continue;
+            }
             _ => *spec,
         };
         if routes.iter().any(|r| route_matches(r, &spec, Some(oif))) {
@@ -137,6 +150,31 @@ pub(super) async fn ensure_routes(
         out.added.push(what);
     }
     Ok(out)
+}
+
+/// The IPv6 last resort, which is in place only until the router is known: an IPv6 lookup
+/// first skips routes whose gateway's neighbour entry has failed and, finding none, tries them
+/// again regardless (and so probes the router again); a last resort at a higher metric would
+/// be found first and answer `unreachable` until the next router advertisement.
+fn is_ipv6_guard(spec: &RouteSpec) -> bool {
+    spec.via == Via::Unreachable && spec.dst.is_ipv6()
+}
+
+/// Deletes the IPv6 last resort from `routes` now that the router is known; what it deleted.
+async fn remove_ipv6_guard(
+    handle: &Handle,
+    routes: &[RouteMessage],
+    spec: &RouteSpec,
+) -> Result<Vec<String>, NetError> {
+    let mut removed = Vec::new();
+    for r in routes.iter().filter(|r| route_matches(r, spec, None)) {
+        match handle.route().del(r.clone()).execute().await {
+            Ok(()) => removed.push(format!("route {spec} removed: the router is known")),
+            Err(e) if is_gone(&e) => {}
+            Err(e) => return Err(nl_error(&format!("delete route {spec}"), e)),
+        }
+    }
+    Ok(removed)
 }
 
 /// The IPv6 router on link `oif` as the kernel learned it from router advertisements: the
