@@ -148,31 +148,34 @@ fn table_rules(ns: &Netns, table: &str) -> Vec<String> {
 }
 
 fn table_routes(ns: &Netns, table: &str) -> Vec<String> {
-    let v = ns.json(&["route", "show", "table", table]);
-    let mut out: Vec<String> = v
+    routes_shown(ns, &["route", "show", "table", table], |r| {
+        format!(
+            "{} via {} dev {} scope {} src {}",
+            r["dst"].as_str().unwrap(),
+            r["gateway"].as_str().unwrap_or("-"),
+            r["dev"].as_str().unwrap(),
+            r["scope"].as_str().unwrap_or("global"),
+            r["prefsrc"].as_str().unwrap_or("-"),
+        )
+    })
+}
+
+/// The routes `ip -j <args>` lists, each as `line` writes it (the tables' last resort as
+/// [`unreachable`] does), sorted.
+fn routes_shown(ns: &Netns, args: &[&str], line: fn(&Value) -> String) -> Vec<String> {
+    let mut out: Vec<String> = ns
+        .json(args)
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            if let Some(shown) = unreachable(r) {
-                return shown;
-            }
-            format!(
-                "{} via {} dev {} scope {} src {}",
-                r["dst"].as_str().unwrap(),
-                r["gateway"].as_str().unwrap_or("-"),
-                r["dev"].as_str().unwrap(),
-                r["scope"].as_str().unwrap_or("global"),
-                r["prefsrc"].as_str().unwrap_or("-"),
-            )
-        })
+        .map(|r| unreachable(r).unwrap_or_else(|| line(r)))
         .collect();
     out.sort();
     out
 }
 
 /// An `unreachable` route (the tables' last resort) as `unreachable <dst> metric <metric>`.
-fn unreachable(r: &serde_json::Value) -> Option<String> {
+fn unreachable(r: &Value) -> Option<String> {
     (r["type"].as_str() == Some("unreachable")).then(|| {
         format!(
             "unreachable {} metric {}",
@@ -1102,26 +1105,15 @@ fn v6_rules(ns: &Netns, table: &str) -> Vec<String> {
 
 /// `ip -6 route show table <table>` as `<dst> via <gw> dev <dev> src <src>`.
 fn v6_routes(ns: &Netns, table: &str) -> Vec<String> {
-    let v = ns.json(&["-6", "route", "show", "table", table]);
-    let mut out: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            if let Some(shown) = unreachable(r) {
-                return shown;
-            }
-            format!(
-                "{} via {} dev {} src {}",
-                r["dst"].as_str().unwrap_or("?"),
-                r["gateway"].as_str().unwrap_or("-"),
-                r["dev"].as_str().unwrap_or("?"),
-                r["prefsrc"].as_str().unwrap_or("-"),
-            )
-        })
-        .collect();
-    out.sort();
-    out
+    routes_shown(ns, &["-6", "route", "show", "table", table], |r| {
+        format!(
+            "{} via {} dev {} src {}",
+            r["dst"].as_str().unwrap_or("?"),
+            r["gateway"].as_str().unwrap_or("-"),
+            r["dev"].as_str().unwrap_or("?"),
+            r["prefsrc"].as_str().unwrap_or("-"),
+        )
+    })
 }
 
 /// The global IPv6 addresses on `dev` with their flags.

@@ -398,38 +398,25 @@ fn route_message(spec: &RouteSpec, oif: u32) -> Option<RouteMessage> {
             IpAddr::V6(_) => guard_message(RouteMessageBuilder::<Ipv6Addr>::new(), spec.table),
         });
     }
-    match (spec.dst, spec.src, spec.via) {
-        (IpAddr::V4(dst), IpAddr::V4(src), via) => {
-            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                .table_id(spec.table)
-                .output_interface(oif)
-                .pref_source(src);
-            if spec.dst_prefix > 0 {
-                b = b.destination_prefix(dst, spec.dst_prefix);
-            }
-            Some(match via {
-                Via::Gateway(IpAddr::V4(gw)) => b.gateway(gw).build(),
-                Via::Gateway(IpAddr::V6(_)) | Via::Unreachable => return None,
-                Via::Link | Via::Router => b.scope(RouteScope::Link).build(),
-            })
-        }
-        (IpAddr::V6(dst), IpAddr::V6(src), via) => {
-            // IPv6 routes have no scope: on-link is simply a route without a gateway.
-            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                .table_id(spec.table)
-                .output_interface(oif)
-                .pref_source(src);
-            if spec.dst_prefix > 0 {
-                b = b.destination_prefix(dst, spec.dst_prefix);
-            }
-            Some(match via {
-                Via::Gateway(IpAddr::V6(gw)) => b.gateway(gw).build(),
-                Via::Gateway(IpAddr::V4(_)) | Via::Unreachable => return None,
-                Via::Link | Via::Router => b.build(),
-            })
-        }
-        _ => None,
+    let v4 = spec.src.is_ipv4();
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .table_id(spec.table)
+        .output_interface(oif)
+        .pref_source(spec.src)
+        .ok()?;
+    if spec.dst_prefix > 0 {
+        // Fails for a destination of the other family.
+        b = b.destination_prefix(spec.dst, spec.dst_prefix).ok()?;
+    } else if spec.dst.is_ipv4() != v4 {
+        return None;
     }
+    Some(match spec.via {
+        Via::Gateway(gw) if gw.is_ipv4() == v4 => b.gateway(gw).ok()?.build(),
+        Via::Gateway(_) | Via::Unreachable => return None,
+        // IPv6 routes have no scope: on-link is simply a route without a gateway.
+        Via::Link | Via::Router if v4 => b.scope(RouteScope::Link).build(),
+        Via::Link | Via::Router => b.build(),
+    })
 }
 
 fn guard_message<T>(b: RouteMessageBuilder<T>, table: u32) -> RouteMessage {
